@@ -1,0 +1,116 @@
+"""The pipeline flow: run the DVC stages in order under Prefect, tracked in one MLflow run.
+
+DVC decides what is stale: a stage whose code, inputs and params are unchanged is skipped, and
+`dvc.lock` ends the same as after `dvc repro`. Stages run one at a time (one DVC operation on the
+repository at once). Each stage's metrics become a Prefect artifact; the MLflow parent run
+`pipeline` holds one child run per stage that ran.
+
+    python -m flows.pipeline                      # every stage
+    python -m flows.pipeline --stages data tokenizer
+Offline, Prefect starts a temporary local server for the run (a few seconds); scheduling needs
+a real server (see flows/serve.py and the README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # before prefect is imported
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.artifacts import create_markdown_artifact  # noqa: E402
+
+STAGES = ["data", "tokenizer", "pretrain"]
+DVC_LOCK = threading.Lock()  # never two DVC operations on the repository at once
+
+
+def read_stages() -> list[str]:
+    import yaml
+
+    return list(yaml.safe_load(Path("dvc.yaml").read_text())["stages"])
+
+
+def metrics_markdown(stage: str, metrics: dict) -> str:
+    rows = [f"| {k} | {v} |" for k, v in metrics.items() if not isinstance(v, dict | list)]
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            rows += [f"| {k}.{kk} | {vv} |" for kk, vv in v.items()]
+    return f"### {stage}\n\n| metric | value |\n|---|---|\n" + "\n".join(rows) + "\n"
+
+
+@task(name="dvc-stage", task_run_name="{stage}")
+def run_stage(stage: str, parent_run_id: str) -> dict:
+    """`dvc repro --single-item <stage>`; returns whether it ran and its metrics."""
+    from dvc.repo import Repo
+
+    from tasks.tracking import PARENT_ENV
+
+    logger = get_run_logger()
+    os.environ[PARENT_ENV] = parent_run_id  # read by the stage process that DVC starts
+    t0 = time.perf_counter()
+    with DVC_LOCK, Repo(".") as repo:
+        ran = repo.reproduce(stage, single_item=True)
+    seconds = time.perf_counter() - t0
+    metrics_file = Path("metrics") / f"{stage}.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    if metrics:
+        create_markdown_artifact(
+            metrics_markdown(stage, metrics),
+            key=f"{stage}-metrics",
+            description=f"metrics of stage {stage}",
+        )
+    logger.info("stage %s %s in %.1fs", stage, "ran" if ran else "was up to date", seconds)
+    return {"stage": stage, "ran": bool(ran), "seconds": round(seconds, 1), "metrics": metrics}
+
+
+@flow(name="llm-pipeline")
+def pipeline(stages: list[str] | None = None) -> list[dict]:
+    import mlflow
+
+    from tasks import tracking
+
+    known = read_stages()
+    stages = stages or known
+    unknown = [s for s in stages if s not in known]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; dvc.yaml has {known}")
+    tracking.setup()
+    with mlflow.start_run(run_name="pipeline", tags={"stage": "pipeline"}) as parent:
+        results = [run_stage(s, parent.info.run_id) for s in stages]
+        mlflow.log_metrics({f"{r['stage']}/seconds": r["seconds"] for r in results})
+        mlflow.set_tag("stages_run", ",".join(r["stage"] for r in results if r["ran"]) or "none")
+    summary = "\n".join(
+        f"- {r['stage']}: {'ran' if r['ran'] else 'up to date'} ({r['seconds']}s)" for r in results
+    )
+    create_markdown_artifact(f"## Pipeline\n\n{summary}\n", key="pipeline-summary")
+    get_run_logger().info(
+        "pipeline done:\n%s\nMLflow: %s (run %s)",
+        summary,
+        tracking.tracking_uri(),
+        parent.info.run_id,
+    )
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--stages", nargs="+", help="stages to run, in order (default: all)")
+    args = parser.parse_args(argv)
+    results = pipeline(args.stages)
+    for r in results:
+        print(f"{r['stage']:<10} {'ran' if r['ran'] else 'up to date':<11} {r['seconds']:>7}s")
+    print(
+        f"metrics: {Path('metrics').resolve()}  |  compare runs: mlflow ui "
+        f"--backend-store-uri {os.environ.get('MLFLOW_TRACKING_URI', 'sqlite:///mlflow.db')}"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Pure PyTorch and algorithms: tokenizer, transformer parts, generation, losses, quantization."""
