@@ -112,6 +112,50 @@ class PretrainParams(Section):
         return self
 
 
+# Sections of the later stages. Each is owned by its stage module (named in the comment) and
+# filled in as that stage is built; an empty section accepts only `{}`.
+
+
+class InstructParams(Section):
+    pass  # tasks/instruct.py
+
+
+class SFTParams(Section):
+    pass  # tasks/sft.py
+
+
+class RewardParams(Section):
+    pass  # tasks/reward.py
+
+
+class PPOParams(Section):
+    pass  # tasks/ppo.py
+
+
+class QuantizeParams(Section):
+    pass  # tasks/quantize.py
+
+
+class ScalingParams(Section):
+    pass  # tasks/scaling.py
+
+
+class EmbeddingsParams(Section):
+    pass  # tasks/embeddings.py
+
+
+class ExperimentsParams(Section):
+    pass  # tasks/experiments.py
+
+
+class ReportParams(Section):
+    pass  # tasks/report.py
+
+
+class ScheduleParams(Section):
+    pass  # flows/serve.py
+
+
 class Params(Section):
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -119,6 +163,16 @@ class Params(Section):
     tokenizer: TokenizerParams = TokenizerParams()
     model: ModelParams = ModelParams()
     pretrain: PretrainParams = PretrainParams()
+    instruct: InstructParams = InstructParams()
+    sft: SFTParams = SFTParams()
+    reward: RewardParams = RewardParams()
+    ppo: PPOParams = PPOParams()
+    quantize: QuantizeParams = QuantizeParams()
+    scaling: ScalingParams = ScalingParams()
+    embeddings: EmbeddingsParams = EmbeddingsParams()
+    experiments: ExperimentsParams = ExperimentsParams()
+    report: ReportParams = ReportParams()
+    schedule: ScheduleParams = ScheduleParams()
 
 
 def _format_errors(err: ValidationError) -> list[str]:

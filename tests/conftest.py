@@ -71,3 +71,22 @@ def run_in(repo: Path, *args: str, timeout: int = 600) -> subprocess.CompletedPr
             f"{args} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
         )
     return proc
+
+
+@pytest.fixture(scope="session")
+def quick_pretrained(tmp_path_factory) -> Path:
+    """A quick-profile repo where data, tokenizer and pretrain have run (without DVC/Prefect).
+
+    Later stages' tests run their own stage in it: `run_in(repo, "-m", "tasks.sft")`. Tests
+    that change params.yaml work on a copy (`copy_repo`), so they never disturb each other.
+    """
+    repo = make_quick_repo(tmp_path_factory.mktemp("pretrained") / "repo")
+    for stage in ("data", "tokenizer", "pretrain"):
+        run_in(repo, "-m", f"tasks.{stage}")
+    return repo
+
+
+def copy_repo(repo: Path, dest: Path) -> Path:
+    """A private copy of a scratch repo (outputs included) for a test that edits params."""
+    shutil.copytree(repo, dest, symlinks=True)
+    return dest
