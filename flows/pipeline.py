@@ -27,14 +27,26 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 
-STAGES = ["data", "tokenizer", "pretrain"]
 DVC_LOCK = threading.Lock()  # never two DVC operations on the repository at once
 
 
 def read_stages() -> list[str]:
-    import yaml
+    """Every stage in dvc.yaml (foreach instances expanded), upstream before downstream.
 
-    return list(yaml.safe_load(Path("dvc.yaml").read_text())["stages"])
+    The order comes from DVC's own graph (a stage's deps that are another stage's outs), with
+    ties broken by the order in dvc.yaml, so the flow and `dvc repro` agree on what comes first.
+    """
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with DVC_LOCK, Repo(".") as repo:
+        stages = list(repo.index.stages)
+        order = {s.addressing: i for i, s in enumerate(stages)}
+        upstream_first = repo.index.graph.reverse(copy=True)
+        ranked = nx.lexicographical_topological_sort(
+            upstream_first, key=lambda s: order[s.addressing]
+        )
+        return [s.addressing for s in ranked]
 
 
 def metrics_markdown(stage: str, metrics: dict) -> str:

@@ -15,21 +15,26 @@ import yaml
 from tests.conftest import run_in
 
 pytestmark = pytest.mark.slow
-STAGES = ["data", "tokenizer", "pretrain"]
+CHAIN = ["data", "tokenizer", "pretrain"]
 
 
 def ran_stages(proc) -> list[str]:
-    """Stages the flow's summary table reports as ran."""
+    """Stages the flow's summary table reports as ran (lines `<stage> ran <seconds>s`)."""
     lines = [line.split() for line in proc.stdout.splitlines()]
-    return [
-        parts[0] for parts in lines if len(parts) >= 2 and parts[0] in STAGES and parts[1] == "ran"
-    ]
+    return [p[0] for p in lines if len(p) == 3 and p[1] == "ran" and p[2].endswith("s")]
+
+
+def all_stages(repo) -> list[str]:
+    code = "from flows.pipeline import read_stages; print(' '.join(read_stages()))"
+    return run_in(repo, "-c", code).stdout.split()
 
 
 def test_first_run_runs_every_stage(quick_repo):
+    stages = all_stages(quick_repo)
+    assert stages[:3] == CHAIN
     proc = run_in(quick_repo, "-m", "flows.pipeline")
-    assert ran_stages(proc) == STAGES
-    for stage in STAGES:
+    assert ran_stages(proc) == stages
+    for stage in CHAIN:
         assert (quick_repo / "metrics" / f"{stage}.json").exists()
     pretrain = json.loads((quick_repo / "metrics" / "pretrain.json").read_text())
     assert pretrain["val_loss"] < pretrain["unigram_loss"] + 0.5  # 30 tiny steps: near unigram
@@ -51,10 +56,11 @@ def test_pretrain_param_change_reruns_pretrain_only(quick_repo):
     params = yaml.safe_load(params_file.read_text())
     params["pretrain"]["max_steps"] = 20
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-    proc = run_in(quick_repo, "-m", "flows.pipeline")
+    proc = run_in(quick_repo, "-m", "flows.pipeline", "--stages", *CHAIN)
     assert ran_stages(proc) == ["pretrain"]
     assert json.loads((quick_repo / "metrics" / "pretrain.json").read_text())["steps"] == 20
-    assert "up to date" in run_in(quick_repo, "-m", "dvc", "status").stdout
+    status = run_in(quick_repo, "-m", "dvc", "status", *CHAIN, "--with-deps").stdout
+    assert "up to date" in status, status
 
 
 def test_mlflow_holds_parent_and_stage_children(quick_repo):
@@ -66,7 +72,7 @@ def test_mlflow_holds_parent_and_stage_children(quick_repo):
     parents = [r for r in runs if r.data.tags.get("stage") == "pipeline"]
     assert len(parents) == 3
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert sorted(r.data.tags["stage"] for r in children) == sorted(STAGES)
+    assert sorted(r.data.tags["stage"] for r in children) == sorted(all_stages(quick_repo))
     pretrain = next(r for r in children if r.data.tags["stage"] == "pretrain")
     assert pretrain.data.params["pretrain.max_steps"] == "30"
     assert "val_loss" in pretrain.data.metrics or "val/loss" in pretrain.data.metrics
