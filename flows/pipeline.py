@@ -30,6 +30,13 @@ from prefect.artifacts import create_markdown_artifact  # noqa: E402
 DVC_LOCK = threading.Lock()  # never two DVC operations on the repository at once
 
 
+def dvc_lock() -> threading.Lock:
+    """DVC_LOCK, looked up by reference. Prefect's runner (`serve`) cloudpickles a flow's
+    function by value with the globals it names, and a lock cannot be pickled: tasks and flows
+    must reach it through this function, never name DVC_LOCK directly."""
+    return DVC_LOCK
+
+
 def read_stages() -> list[str]:
     """Every stage in dvc.yaml (foreach instances expanded), upstream before downstream.
 
@@ -57,18 +64,71 @@ def metrics_markdown(stage: str, metrics: dict) -> str:
     return f"### {stage}\n\n| metric | value |\n|---|---|\n" + "\n".join(rows) + "\n"
 
 
-@task(name="dvc-stage", task_run_name="{stage}")
+class StageFailed(RuntimeError):
+    """A stage exited with an error: names the stage and why; `transient` allows a retry."""
+
+    def __init__(self, stage: str, reason: str, transient: bool = False):
+        super().__init__(f"stage {stage} failed: {reason}")
+        self.stage, self.transient = stage, transient
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """Worth a retry: a server that did not answer or a timeout; never bad params or data."""
+    if isinstance(exc, StageFailed):
+        return exc.transient
+    return isinstance(exc, ConnectionError | TimeoutError)
+
+
+def transient_only(task, task_run, state) -> bool:
+    """Prefect `retry_condition_fn`: retry the stage only after a transient error."""
+    exc = state.data if isinstance(state.data, BaseException) else None
+    return is_transient(exc if exc is not None else state.result(raise_on_failure=False))
+
+
+def stage_failure(stage: str, error_file: Path, dvc_error: Exception) -> StageFailed:
+    """What the stage process reported (tasks.common.report_failure), else DVC's own message."""
+    try:
+        info = json.loads(error_file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        cause = dvc_error.__cause__ or dvc_error
+        return StageFailed(stage, f"{dvc_error}: {cause}")
+    return StageFailed(stage, f"{info['type']}: {info['message']}", bool(info["transient"]))
+
+
+@task(
+    name="dvc-stage",
+    task_run_name="{stage}",
+    retries=2,
+    retry_delay_seconds=10,
+    retry_condition_fn=transient_only,
+)
 def run_stage(stage: str, parent_run_id: str) -> dict:
-    """`dvc repro --single-item <stage>`; returns whether it ran and its metrics."""
+    """`dvc repro --single-item <stage>`; returns whether it ran and its metrics.
+
+    A failure raises StageFailed naming the stage and the stage's own error line; Prefect
+    retries it only when that error is transient (see `is_transient`).
+    """
+    import tempfile
+
+    from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
+    from tasks.common import ERROR_FILE_ENV
     from tasks.tracking import PARENT_ENV
 
     logger = get_run_logger()
     os.environ[PARENT_ENV] = parent_run_id  # read by the stage process that DVC starts
     t0 = time.perf_counter()
-    with DVC_LOCK, Repo(".") as repo:
-        ran = repo.reproduce(stage, single_item=True)
+    with dvc_lock(), tempfile.TemporaryDirectory() as tmp:
+        error_file = Path(tmp) / "error.json"
+        os.environ[ERROR_FILE_ENV] = str(error_file)  # the stage writes why it failed here
+        try:
+            with Repo(".") as repo:
+                ran = repo.reproduce(stage, single_item=True)
+        except DvcException as e:
+            raise stage_failure(stage, error_file, e) from e
+        finally:
+            os.environ.pop(ERROR_FILE_ENV, None)
     seconds = time.perf_counter() - t0
     metrics_file = Path("metrics") / f"{stage}.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
@@ -115,7 +175,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--stages", nargs="+", help="stages to run, in order (default: all)")
     args = parser.parse_args(argv)
-    results = pipeline(args.stages)
+    try:
+        results = pipeline(args.stages)
+    except StageFailed as e:
+        sys.exit(f"pipeline failed: {e}")
     for r in results:
         print(f"{r['stage']:<10} {'ran' if r['ran'] else 'up to date':<11} {r['seconds']:>7}s")
     print(

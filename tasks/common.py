@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -45,11 +46,29 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+ERROR_FILE_ENV = "LLMPIPE_ERROR_FILE"  # set by the flow: where a failing stage says why
+
+
+def report_failure(e: BaseException) -> None:
+    """Write why the stage failed to $LLMPIPE_ERROR_FILE (JSON), so the flow can say it and
+    retry only transient errors (a server that did not answer, a timeout)."""
+    path = os.environ.get(ERROR_FILE_ENV)
+    if path:
+        transient = isinstance(e, ConnectionError | TimeoutError)
+        info = {"type": type(e).__name__, "message": str(e), "transient": transient}
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(info, f)
+
+
 def run_stage(main: Callable[[], None]) -> None:
     """Entry point of `python -m tasks.<stage>`: user errors become one clear line, exit 1."""
     setup_logging()
     try:
         main()
-    except (ValueError, FileNotFoundError, ConnectionError) as e:
+    except (ValueError, FileNotFoundError, ConnectionError, TimeoutError) as e:
         log.error("%s", e)
+        report_failure(e)
         sys.exit(1)
+    except Exception as e:  # a bug: keep the traceback, but still tell the flow
+        report_failure(e)
+        raise

@@ -4,7 +4,8 @@ The tracking URI defaults to a SQLite file at the repository root (`sqlite:///ml
 `MLFLOW_TRACKING_URI` overrides it. The parent run id reaches a stage through
 `LLMPIPE_PARENT_RUN_ID`, never through `MLFLOW_RUN_ID`: MLflow would resume (and overwrite)
 the parent with that one. Non-finite metric values are refused with an error naming the key,
-since NaN breaks the UI.
+since NaN breaks the UI. Under torchrun only rank 0 talks to MLflow: on the other ranks
+`stage_run` yields None and the log functions do nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from tasks.distributed import is_main
 from tasks.io import check_finite, flatten
 
 EXPERIMENT = "llmpipe"
@@ -28,8 +30,12 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
-def check_server(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast with a clear error when an HTTP tracking server does not answer."""
+def check_server(uri: str, timeout: float = 15.0) -> None:
+    """Fail fast with a clear error when an HTTP tracking server does not answer.
+
+    A refused connection fails at once; `timeout` bounds a silent host (a busy server's first
+    request took ~6 s on a loaded 2-core machine, hence not less).
+    """
     if not uri.startswith(("http://", "https://")):
         return
     try:
@@ -43,10 +49,10 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
 
 def setup() -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    uri = tracking_uri()
+    check_server(uri)  # before importing mlflow (seconds): a dead server fails at once
     import mlflow
 
-    uri = tracking_uri()
-    check_server(uri)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     mlflow.set_tracking_uri(uri)
@@ -66,6 +72,9 @@ def stage_run(stage: str, params: dict, resume_run_id: str | None = None) -> Ite
     """
     import mlflow
 
+    if not is_main():
+        yield None
+        return
     setup()
     parent = os.environ.get(PARENT_ENV) or None
     tags = {"stage": stage}
@@ -86,10 +95,14 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     import mlflow
 
     check_finite(metrics, f"metrics at step {step}")
+    if not is_main():
+        return
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
 
 def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
     import mlflow
 
+    if not is_main():
+        return
     mlflow.log_artifact(str(path), artifact_path=artifact_path)

@@ -5,8 +5,12 @@ Resume is exact: batches are a pure function of (seed, step, micro-step), and th
 holds model, optimizer and RNG, so a killed run continued from its last checkpoint takes the
 same steps as one that never stopped. A resume state is used only when its fingerprint (a hash
 of everything that shapes the run: params, data, code version of the config) matches.
-Leaves out: distributed training (see the operate issue), mixed precision on CPU (bf16 matmul
-is 10-100x slower than fp32 on the CPUs we target).
+Under torchrun (DDP, see tasks/distributed.py) each rank reads its own micro-batch indices
+(`global_micro`), so world_size ranks at grad_accum g take the same steps as one process at
+grad_accum world_size * g; the loss is averaged over ranks before the NaN check (every rank stops
+together) and only rank 0 writes resume states and logs.
+Leaves out: mixed precision on CPU (bf16 matmul is 10-100x slower than fp32 on the CPUs we
+target).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from tasks import tracking
+from tasks import distributed, tracking
 from tasks.checkpoint import STATE_META, load_state, save_state
 from tasks.common import log
 
@@ -99,16 +103,18 @@ def train_step(model, optimizer, loop: Loop, step: int, p, device) -> float:
         group["lr"] = lr_at(step, p)
     total = 0.0
     for micro in range(p.grad_accum):
-        x, y = loop.batch(step, micro)
-        with autocast(device):
-            _, loss = model(x, y)
-        value = loss.item()  # a sync point; needed for the NaN check
-        if not math.isfinite(value):
-            raise NonFiniteLoss(
-                f"{loop.stage}: loss is {value} at step {step}; the last good checkpoint is in "
-                f"{loop.resume_dir} (lower lr or check the data)"
-            )
-        (loss / p.grad_accum).backward()
+        x, y = loop.batch(step, distributed.global_micro(micro, p.grad_accum))
+        with distributed.no_sync(model, sync=micro == p.grad_accum - 1):
+            with autocast(device):
+                _, loss = model(x, y)
+            # a sync point (and an all-reduce under DDP), needed for the NaN check
+            value = distributed.mean_over_ranks(loss.item())
+            if not math.isfinite(value):
+                raise NonFiniteLoss(
+                    f"{loop.stage}: loss is {value} at step {step}; the last good checkpoint is "
+                    f"in {loop.resume_dir} (lower lr or check the data)"
+                )
+            (loss / p.grad_accum).backward()
         total += value
     if p.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
@@ -135,7 +141,7 @@ def fit(model, optimizer, loop: Loop, p, device, start_step: int = 0) -> dict:
             log_progress(
                 loop, p, step, smooth, dt, time.perf_counter() - t_start, done - start_step
             )
-        if done % p.checkpoint_interval == 0 and done < p.max_steps:
+        if done % p.checkpoint_interval == 0 and done < p.max_steps and distributed.is_main():
             save_resume(model, optimizer, loop, done)
     return loop.history
 
