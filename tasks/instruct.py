@@ -1,0 +1,116 @@
+"""instruct stage: the instruction data for SFT, reward and PPO.
+
+Generated task families (model/instruct.py) drawn with the run's seed, split by instance, plus
+any user files (`instruct.files`: Alpaca JSON or chat-messages JSONL), which are split the same
+way (a hash of the prompt text decides the side). The split is the same for every seed.
+
+    python -m tasks.instruct
+Writes out/instruct/{train,test}.jsonl (one `Example.to_dict()` per line) and
+metrics/instruct.json (examples per family and split).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from model.instruct import Example, load_alpaca, load_chat_jsonl, make_examples, split_of
+from tasks import tracking
+from tasks.common import log, run_stage
+from tasks.io import METRICS, OUT, atomic_dir, write_json
+from tasks.params import InstructParams, load_params
+
+OUT_DIR = OUT / "instruct"
+SPLITS = ("train", "test")
+
+
+def load_user_files(files: list[str]) -> list[Example]:
+    """Examples of every user file: .json is Alpaca records, .jsonl is chat messages."""
+    out: list[Example] = []
+    for name in files:
+        path = Path(name)
+        if path.suffix == ".json":
+            out.extend(load_alpaca(path))
+        elif path.suffix == ".jsonl":
+            out.extend(load_chat_jsonl(path))
+        else:
+            raise ValueError(
+                f"instruct.files: {name}: expected .json (Alpaca) or .jsonl (chat messages)"
+            )
+    return out
+
+
+def build_splits(p: InstructParams, seed: int) -> dict[str, list[Example]]:
+    """Generated examples of each split plus the user examples that fall on that side."""
+    user = load_user_files(p.files)
+    splits = {}
+    for split in SPLITS:
+        n = p.n_train_per_family if split == "train" else p.n_test_per_family
+        generated = make_examples(seed, n, split, p.families) if n else []
+        mine = [ex for ex in user if split_of(ex.family, _key(ex)) == split]
+        splits[split] = generated + mine
+    if not splits["train"]:
+        raise ValueError("instruct: no training examples (n_train_per_family is 0, no files)")
+    return splits
+
+
+def _key(ex: Example) -> str:
+    """The text that decides a user example's split: its whole context."""
+    return json.dumps(list(ex.messages), sort_keys=True)
+
+
+def write_examples(path: Path, examples: list[Example]) -> None:
+    lines = [json.dumps(ex.to_dict(), ensure_ascii=False) for ex in examples]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def read_examples(split: str, root: str | Path = OUT_DIR) -> list[Example]:
+    """The examples of a split written by this stage (train or test)."""
+    path = Path(root) / f"{split}.jsonl"
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{path}: missing; run the instruct stage first") from e
+    out = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n}: not valid JSON ({e})") from e
+        out.append(Example.from_dict(record, f"{path}:{n}"))
+    return out
+
+
+def counts(splits: dict[str, list[Example]]) -> dict:
+    metrics = {}
+    for split, examples in splits.items():
+        by_family = Counter(ex.family for ex in examples)
+        metrics[split] = {"total": len(examples), **dict(sorted(by_family.items()))}
+    return metrics
+
+
+def main() -> None:
+    params = load_params()
+    p = params.instruct
+    with tracking.stage_run("instruct", {"instruct": p.model_dump(), "seed": params.seed}):
+        splits = build_splits(p, params.seed)
+        with atomic_dir(OUT_DIR) as tmp:
+            for split, examples in splits.items():
+                write_examples(tmp / f"{split}.jsonl", examples)
+        metrics = counts(splits)
+        write_json(METRICS / "instruct.json", metrics)
+        tracking.log_metrics({f"{s}/examples": len(ex) for s, ex in splits.items()})
+        tracking.log_artifact(METRICS / "instruct.json")
+    log.info(
+        "instruct: %d train / %d test examples; per family (train): %s",
+        metrics["train"]["total"],
+        metrics["test"]["total"],
+        {k: v for k, v in metrics["train"].items() if k != "total"},
+    )
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,463 @@
+"""reward stage: a reward model on the SFT backbone, trained on preference pairs.
+
+Pairs (`reward.pairs`):
+- `sampled` (default): the SFT policy answers each train prompt `samples_per_prompt` times at
+  `sample_temperature`; the task checkers label each answer. A pair is (correct, incorrect) for
+  the same prompt. Where the policy never gets a prompt right, the reference answer is the
+  chosen side (so hard families, which the policy mostly fails, still teach the model what a
+  right answer looks like); where it never gets one wrong, the prompt gives no pair. Held-out
+  pairs are built the same way on test prompts.
+- `jsonl`: `pairs_file` with one {"prompt", "chosen", "rejected"} object per line (the prompt is
+  one user turn; responses are assistant text, closed with <|end|> here). A hash of the prompt
+  holds out `eval_fraction` of them.
+The model is `model.reward.ScalarHeadModel` from the SFT weights, trained with the
+Bradley-Terry loss through the shared loop (tasks/training.py). Its scores are then normalised
+to mean 0, std 1 on fresh policy samples of the train prompts (offset and scale are buffers in
+the weights and are repeated in config.json).
+
+    python -m tasks.reward
+Writes out/reward/ (model.safetensors, config.json, tokenizer.json, pairs.jsonl: the train
+pairs in the JSONL format above), metrics/reward.json, plots/reward/{train,val}.csv.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model
+from torch import nn
+
+from model.chat import encode_prompt, respond
+from model.gpt import GPTConfig
+from model.instruct import Example, check, reference_answer
+from model.ppo import pack
+from model.reward import ScalarHeadModel, bradley_terry_loss, pairwise_accuracy
+from model.tokenizer import Tokenizer
+from tasks import tracking
+from tasks.checkpoint import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    TOKENIZER_FILE,
+    load_checkpoint,
+    read_config,
+    save_checkpoint,
+)
+from tasks.common import log, resolve_device, run_stage, seed_everything
+from tasks.hardware import matmul_peak_flops
+from tasks.instruct import read_examples
+from tasks.io import METRICS, OUT, PLOTS, write_json, write_text
+from tasks.params import RewardParams, load_params
+from tasks.training import Loop, fingerprint, fit, make_optimizer, peek_resume, resume
+
+OUT_DIR, RESUME_DIR, SFT_DIR = OUT / "reward", OUT / "reward-resume", OUT / "sft"
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One preference: token ids of the prompt and of both responses (<|end|> included)."""
+
+    prompt: list[int]
+    chosen: list[int]
+    rejected: list[int]
+    family: str
+    source: str  # "sampled" | "reference" (chosen is the reference answer) | "file"
+
+
+# ---------------------------------------------------------------------- pairs
+
+
+def answer_ids(tok: Tokenizer, text: str) -> list[int]:
+    """An assistant response as the policy would emit it: text then <|end|>."""
+    return tok.encode(text) + [tok.end_id]
+
+
+def sample_by_prompt(policy, tok, examples: list[Example], p: RewardParams, seed: int) -> list:
+    """`samples_per_prompt` sampled responses per example, grouped: list (per example) of
+    lists of (ids, correct)."""
+    convs = [list(ex.messages) for ex in examples] * p.samples_per_prompt
+    out = respond(
+        policy,
+        tok,
+        convs,
+        p.max_new_tokens,
+        temperature=p.sample_temperature,
+        seed=seed,
+        batch_size=p.generation_batch_size,
+    )
+    groups: list[list] = [[] for _ in examples]
+    for k, r in enumerate(out):
+        ex = examples[k % len(examples)]
+        groups[k % len(examples)].append((list(r.ids), r.ended and check(ex, r.text)))
+    return groups
+
+
+def pairs_from_samples(tok, examples: list[Example], groups: list, per_prompt: int) -> list[Pair]:
+    """(correct, incorrect) pairs per prompt; the reference answer stands in when no sample is
+    correct; prompts with no incorrect sample give none."""
+    pairs = []
+    for ex, group in zip(examples, groups, strict=True):
+        prompt = encode_prompt(tok, list(ex.messages))
+        good = _distinct([ids for ids, ok in group if ok])
+        bad = _distinct([ids for ids, ok in group if not ok])
+        source = "sampled"
+        if not good:
+            good, source = [answer_ids(tok, reference_answer(ex))], "reference"
+        for i, rejected in enumerate(bad[:per_prompt]):
+            pairs.append(Pair(prompt, good[i % len(good)], rejected, ex.family, source))
+    return pairs
+
+
+def _distinct(rows: list[list[int]]) -> list[list[int]]:
+    return [list(r) for r in dict.fromkeys(tuple(r) for r in rows)]
+
+
+def per_family(examples: list[Example], n: int) -> list[Example]:
+    """The first n examples of each family, in order."""
+    seen: dict[str, int] = {}
+    out = []
+    for ex in examples:
+        if seen.get(ex.family, 0) < n:
+            seen[ex.family] = seen.get(ex.family, 0) + 1
+            out.append(ex)
+    return out
+
+
+def load_pairs_jsonl(path: str | Path) -> list[dict]:
+    """{"prompt", "chosen", "rejected"} records of a JSONL file; ValueError naming file:line."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{path}: preference pairs file not found") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e})") from e
+    records = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        records.append(_pair_record(line, f"{path}:{n}"))
+    if not records:
+        raise ValueError(f"{path}: no preference pairs")
+    return records
+
+
+def _pair_record(line: str, where: str) -> dict:
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: not valid JSON ({e})") from e
+    keys = ("prompt", "chosen", "rejected")
+    if not isinstance(rec, dict) or set(rec) != set(keys):
+        got = sorted(rec) if isinstance(rec, dict) else type(rec).__name__
+        raise ValueError(f"{where}: expected exactly the keys {list(keys)}, got {got}")
+    bad = [k for k in keys if not isinstance(rec[k], str)]
+    if bad:
+        raise ValueError(f"{where}: {bad} must be strings")
+    if not rec["prompt"].strip():
+        raise ValueError(f"{where}: empty 'prompt'")
+    if rec["chosen"] == rec["rejected"]:
+        raise ValueError(f"{where}: 'chosen' and 'rejected' are the same text")
+    return rec
+
+
+def pairs_from_file(tok, records: list[dict], eval_fraction: float) -> tuple[list, list]:
+    """(train, eval) Pairs; a hash of the prompt text puts each record on one side."""
+    train, held = [], []
+    for rec in records:
+        prompt = encode_prompt(tok, [{"role": "user", "content": rec["prompt"]}])
+        pair = Pair(
+            prompt, answer_ids(tok, rec["chosen"]), answer_ids(tok, rec["rejected"]), "file", "file"
+        )
+        digest = hashlib.sha256(rec["prompt"].encode()).digest()
+        (held if int.from_bytes(digest[:8], "big") < eval_fraction * 2**64 else train).append(pair)
+    if not train or not held:
+        raise ValueError(
+            f"reward.pairs_file: {len(records)} pairs give {len(train)} train and {len(held)} "
+            "held-out pairs; both need at least one (add pairs or change eval_fraction)"
+        )
+    return train, held
+
+
+def fits(pairs: list[Pair], block_size: int) -> list[Pair]:
+    """Pairs whose prompt + longer response fit the context (the rest are logged and dropped)."""
+    kept = [q for q in pairs if len(q.prompt) + max(len(q.chosen), len(q.rejected)) <= block_size]
+    if len(kept) < len(pairs):
+        log.warning("reward: dropped %d pairs longer than block_size", len(pairs) - len(kept))
+    return kept
+
+
+# ---------------------------------------------------------------------- model
+
+
+class PairwiseObjective(nn.Module):
+    """Adapter for the shared loop: rows are the batch's chosen responses then its rejected
+    ones; returns (raw scores, Bradley-Terry loss)."""
+
+    def __init__(self, rm: ScalarHeadModel):
+        super().__init__()
+        self.rm = rm
+
+    def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor):
+        scores = self.rm.raw_score(tokens, attention_mask)
+        n = scores.shape[0] // 2
+        return scores, bradley_terry_loss(scores[:n], scores[n:])
+
+
+def pack_pairs(pairs: list[Pair], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded rows (2N, T): N chosen then N rejected; and their attention mask."""
+    prompts = [q.prompt for q in pairs] * 2
+    responses = [q.chosen for q in pairs] + [q.rejected for q in pairs]
+    tokens, attention_mask, _ = pack(prompts, responses, pad_id, device)
+    return tokens, attention_mask
+
+
+@torch.no_grad()
+def pair_scores(rm, pairs: list[Pair], pad_id: int, device, batch_size: int = 64):
+    """Raw (chosen, rejected) scores, each (N,)."""
+    rm.eval()
+    chosen, rejected = [], []
+    for i in range(0, len(pairs), batch_size):
+        chunk = pairs[i : i + batch_size]
+        scores = rm.raw_score(*pack_pairs(chunk, pad_id, device))
+        chosen.append(scores[: len(chunk)])
+        rejected.append(scores[len(chunk) :])
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+@torch.no_grad()
+def score_responses(
+    rm, prompts, responses, pad_id: int, device, batch_size: int = 64, raw: bool = False
+) -> torch.Tensor:
+    """Scores (N,) of prompt + response rows: normalised, or raw (before offset and scale)."""
+    rm.eval()
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        tokens, attn, _ = pack(
+            prompts[i : i + batch_size], responses[i : i + batch_size], pad_id, device
+        )
+        out.append(rm.raw_score(tokens, attn) if raw else rm.score(tokens, attn))
+    return torch.cat(out)
+
+
+def load_reward_model(path: str | Path = OUT_DIR, device="cpu") -> ScalarHeadModel:
+    """The reward model of a reward-stage folder (weights with offset/scale, config.json)."""
+    path = Path(path)
+    config = read_config(path)
+    try:
+        model = ScalarHeadModel(GPTConfig.from_dict(config["model"]))
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{path / CONFIG_FILE}: no valid 'model' config ({e})") from e
+    try:
+        load_model(model, str(path / MODEL_FILE), strict=True, device=str(device))
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{path / MODEL_FILE}: missing; run the reward stage") from e
+    except (SafetensorError, RuntimeError, OSError) as e:
+        raise ValueError(f"{path / MODEL_FILE}: corrupt or mismatched weights ({e})") from e
+    return model.to(device).eval()
+
+
+# ---------------------------------------------------------------------- stage
+
+
+def build_pairs(policy, tok, params, device) -> dict:
+    """Train and held-out pairs, plus the policy samples that fix the normalisation."""
+    p, seed = params.reward, params.seed
+    if p.pairs == "jsonl":
+        records = load_pairs_jsonl(p.pairs_file)
+        train, held = pairs_from_file(tok, records, p.eval_fraction)
+        examples = [
+            Example("file", ({"role": "user", "content": r["prompt"]},), r["chosen"])
+            for r in records
+        ]
+        train_groups = sample_by_prompt(policy, tok, examples, p, seed)
+        sample_acc = float("nan")
+    else:
+        examples = per_family(read_examples("train"), p.prompts_per_family)
+        test = per_family(read_examples("test"), p.eval_prompts_per_family)
+        train_groups = sample_by_prompt(policy, tok, examples, p, seed)
+        train = pairs_from_samples(tok, examples, train_groups, p.pairs_per_prompt)
+        held_groups = sample_by_prompt(policy, tok, test, p, seed + 1)
+        held = pairs_from_samples(tok, test, held_groups, p.pairs_per_prompt)
+        sample_acc = float(np.mean([ok for g in train_groups for _, ok in g]))
+    samples = [
+        (encode_prompt(tok, list(ex.messages)), ids)
+        for ex, g in zip(examples, train_groups, strict=True)
+        for ids, _ in g
+        if ids
+    ]
+    T = policy.config.block_size
+    train, held = fits(train, T), fits(held, T)
+    samples = [s for s in samples if len(s[0]) + len(s[1]) <= T]
+    if not train or not held:
+        raise ValueError(
+            f"reward: {len(train)} train and {len(held)} held-out pairs; the policy gets every "
+            "sampled prompt right or wrong alike (raise samples_per_prompt or prompts_per_family)"
+        )
+    return {"train": train, "held": held, "samples": samples, "sample_accuracy": sample_acc}
+
+
+def make_loop(objective, data, params, device, run_id: str, fp: str) -> Loop:
+    p, pad = params.reward, data["pad_id"]
+    train, held = data["train"], data["held"]
+
+    def batch(step: int, micro: int):
+        rng = np.random.default_rng([params.seed, step, micro])
+        idx = rng.choice(len(train), size=min(p.batch_size, len(train)), replace=False)
+        return pack_pairs([train[i] for i in idx], pad, device)
+
+    def evaluate() -> dict[str, float]:
+        chosen, rejected = pair_scores(objective.rm, held, pad, device)
+        return {
+            "val/loss": bradley_terry_loss(chosen, rejected).item(),
+            "val/accuracy": pairwise_accuracy(chosen, rejected),
+        }
+
+    mean_len = np.mean([len(q.prompt) + len(q.chosen) for q in train])
+    T = int(mean_len)
+    return Loop(
+        stage="reward",
+        batch=batch,
+        evaluate=evaluate,
+        resume_dir=RESUME_DIR,
+        fingerprint=fp,
+        run_id=run_id,
+        tokens_per_step=2 * min(p.batch_size, len(train)) * T * p.grad_accum,
+        flops_per_token=objective.rm.backbone.flops_per_token(T),
+        peak_flops=matmul_peak_flops(device.type),
+    )
+
+
+def main() -> None:
+    params = load_params()
+    p, device = params.reward, resolve_device(params.device)
+    seed_everything(params.seed)
+    tok = Tokenizer.load(SFT_DIR / TOKENIZER_FILE)
+    policy = load_checkpoint(SFT_DIR, device).eval()
+    t0 = time.perf_counter()
+    data = build_pairs(policy, tok, params, device) | {"pad_id": tok.pad_id}
+    sample_seconds = time.perf_counter() - t0
+    log.info(
+        "reward: %d train / %d held-out pairs (%d with the reference as chosen) in %.1fs",
+        len(data["train"]),
+        len(data["held"]),
+        sum(q.source == "reference" for q in data["train"]),
+        sample_seconds,
+    )
+    sft_hash = hashlib.sha256((SFT_DIR / MODEL_FILE).read_bytes()).hexdigest()
+    fp = fingerprint(p.model_dump(), params.seed, sft_hash, len(data["train"]))
+    meta = peek_resume(RESUME_DIR, fp)
+    run_params = {"reward": p.model_dump(), "seed": params.seed}
+    with tracking.stage_run("reward", run_params, meta and meta["run_id"]) as run_id:
+        rm = ScalarHeadModel.from_gpt(policy)
+        objective = PairwiseObjective(rm)
+        optimizer = make_optimizer(objective, p)
+        loop = make_loop(objective, data, params, device, run_id, fp)
+        start = resume(objective, optimizer, loop) if meta else 0
+        t1 = time.perf_counter()
+        fit(objective, optimizer, loop, p, device, start)
+        finish(rm, tok, data, params, loop, device, time.perf_counter() - t1, sample_seconds)
+    shutil.rmtree(RESUME_DIR, ignore_errors=True)
+
+
+def finish(rm, tok, data, params, loop, device, train_seconds: float, sample_seconds: float):
+    pad = tok.pad_id
+    rm.eval()
+    prompts, responses = zip(*data["samples"], strict=True)
+    rm.set_normalisation(score_responses(rm, list(prompts), list(responses), pad, device, raw=True))
+    metrics = held_out_metrics(rm, data, pad, device)
+    metrics |= {
+        "train_pairs": len(data["train"]),
+        "reference_chosen_pairs": sum(q.source == "reference" for q in data["train"]),
+        "policy_samples": len(data["samples"]),
+        "policy_sample_accuracy": data["sample_accuracy"],
+        "score_offset": rm.offset.item(),
+        "score_scale": rm.scale.item(),
+        "steps": params.reward.max_steps,
+        "sample_seconds": sample_seconds,
+        "train_seconds": train_seconds,
+    }
+    metrics = {k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items()}
+    metrics = {k: v for k, v in metrics.items() if v == v}  # no NaN (jsonl: no checker accuracy)
+    save_checkpoint(
+        OUT_DIR,
+        rm,
+        SFT_DIR / TOKENIZER_FILE,
+        {
+            "stage": "reward",
+            "head": "scalar, read at the last real token",
+            "offset": rm.offset.item(),
+            "scale": rm.scale.item(),
+        },
+    )
+    write_text(OUT_DIR / "pairs.jsonl", pairs_jsonl(tok, data["train"]))
+    write_json(METRICS / "reward.json", metrics)
+    write_plots(loop.history)
+    tracking.log_metrics({f"final/{k}": v for k, v in metrics.items()})
+    for path in (OUT_DIR / CONFIG_FILE, METRICS / "reward.json", OUT_DIR / "pairs.jsonl"):
+        tracking.log_artifact(path)
+    by_source = [
+        f"{src} {metrics[f'pairwise_accuracy_{src}']:.3f}"
+        for src in ("sampled", "reference")
+        if f"pairwise_accuracy_{src}" in metrics
+    ]
+    log.info(
+        "reward: held-out pairwise accuracy %.3f on %d pairs (%s)",
+        metrics["pairwise_accuracy"],
+        metrics["eval_pairs"],
+        ", ".join(by_source),
+    )
+
+
+def held_out_metrics(rm, data, pad: int, device) -> dict:
+    held = data["held"]
+    chosen, rejected = pair_scores(rm, held, pad, device)
+    out = {
+        "pairwise_accuracy": pairwise_accuracy(chosen, rejected),
+        "eval_pairs": len(held),
+        "eval_loss": bradley_terry_loss(chosen, rejected).item(),
+    }
+    for source in ("sampled", "reference"):
+        keep = torch.tensor([q.source == source for q in held], device=chosen.device)
+        if keep.any():
+            out[f"pairwise_accuracy_{source}"] = pairwise_accuracy(chosen[keep], rejected[keep])
+            out[f"eval_pairs_{source}"] = int(keep.sum())
+    chosen_n, rejected_n = (chosen - rm.offset) / rm.scale, (rejected - rm.offset) / rm.scale
+    out["score_chosen_mean"] = chosen_n.mean().item()
+    out["score_rejected_mean"] = rejected_n.mean().item()
+    return out
+
+
+def pairs_jsonl(tok, pairs: list[Pair]) -> str:
+    """Pairs in the loader's format (decoded; <|end|> dropped, prompt = last user text)."""
+    lines = []
+    for q in pairs:
+        prompt = tok.decode(q.prompt[:-1])  # drop <|assistant|>
+        prompt = prompt.split("<|user|>")[-1].removesuffix("<|end|>")
+        lines.append(
+            json.dumps(
+                {
+                    "prompt": prompt,
+                    "chosen": tok.decode(q.chosen).removesuffix("<|end|>"),
+                    "rejected": tok.decode(q.rejected).removesuffix("<|end|>"),
+                }
+            )
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_plots(history: dict) -> None:
+    for name in ("train", "val"):
+        rows = "\n".join(f"{s},{v:.6f}" for s, v in history[name])
+        write_text(PLOTS / "reward" / f"{name}.csv", f"step,loss\n{rows}\n")
+
+
+if __name__ == "__main__":
+    run_stage(main)

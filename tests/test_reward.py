@@ -1,0 +1,130 @@
+"""Reward model (model/reward.py), the pairs loader (tasks/reward.py) and the reward and ppo
+stages on the quick profile."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from model.gpt import GPTConfig
+from model.reward import ScalarHeadModel, bradley_terry_loss, pairwise_accuracy
+from tasks.reward import load_pairs_jsonl
+
+
+def tiny_rm(seed: int = 0) -> ScalarHeadModel:
+    torch.manual_seed(seed)
+    config = GPTConfig(vocab_size=40, block_size=32, n_layer=2, n_head=2, n_embd=16)
+    return ScalarHeadModel(config).eval()
+
+
+def test_bradley_terry_loss_by_hand():
+    chosen, rejected = torch.tensor([2.0, 0.0, -1.0]), torch.tensor([1.0, 0.5, 1.0])
+    want = -(
+        math.log(1 / (1 + math.exp(-1.0)))
+        + math.log(1 / (1 + math.exp(0.5)))
+        + math.log(1 / (1 + math.exp(2.0)))
+    )
+    assert bradley_terry_loss(chosen, rejected).item() == pytest.approx(want / 3, rel=1e-6)
+    assert pairwise_accuracy(chosen, rejected) == pytest.approx(1 / 3)
+    # equal scores: log 2, the loss of a coin flip
+    assert bradley_terry_loss(torch.zeros(4), torch.zeros(4)).item() == pytest.approx(math.log(2))
+
+
+def test_score_reads_last_real_token_with_left_or_right_padding():
+    rm = tiny_rm()
+    rows = [[5, 6, 7, 8, 9], [10, 11, 12]]
+    pad = 0
+    right = torch.tensor([rows[0], rows[1] + [pad, pad]])
+    right_mask = torch.tensor([[1] * 5, [1, 1, 1, 0, 0]], dtype=torch.bool)
+    left = torch.tensor([rows[0], [pad, pad] + rows[1]])
+    left_mask = torch.tensor([[1] * 5, [0, 0, 1, 1, 1]], dtype=torch.bool)
+    with torch.no_grad():
+        alone = torch.stack([rm.score(torch.tensor([r])) for r in rows]).squeeze(-1)
+        got_right = rm.score(right, right_mask)
+        got_left = rm.score(left, left_mask)
+        per_token = rm.values(torch.tensor([rows[1]]))
+    torch.testing.assert_close(got_right, alone, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_left, alone, atol=1e-5, rtol=1e-5)
+    # the score is the value at the last real token, not at a pad position
+    assert got_right[1].item() == pytest.approx(per_token[0, -1].item(), abs=1e-5)
+    # and what sits under the padding does not matter
+    with torch.no_grad():
+        other = rm.score(right.masked_fill(~right_mask, 33), right_mask)
+    torch.testing.assert_close(other, got_right)
+
+
+def test_normalisation_travels_with_the_weights(tmp_path):
+    from safetensors.torch import load_model, save_model
+
+    rm = tiny_rm()
+    raw = torch.tensor([1.0, 2.0, 3.0, 6.0])
+    rm.set_normalisation(raw)
+    assert rm.offset.item() == pytest.approx(3.0)
+    assert rm.scale.item() == pytest.approx(raw.std().item())
+    save_model(rm, str(tmp_path / "m.safetensors"))
+    fresh = tiny_rm(seed=1)
+    load_model(fresh, str(tmp_path / "m.safetensors"))
+    idx = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.score(idx), rm.score(idx))
+        torch.testing.assert_close(fresh.score(idx), (rm.raw_score(idx) - 3.0) / rm.scale)
+
+
+def test_bt_training_separates_pairs():
+    """A few steps of the pairwise loss rank the chosen token above the rejected one."""
+    rm = tiny_rm()
+    rm.train()
+    opt = torch.optim.Adam(rm.parameters(), lr=1e-2)
+    chosen = torch.tensor([[1, 2, 3, 4]] * 4)
+    rejected = torch.tensor([[1, 2, 3, 5]] * 4)
+    for _ in range(20):
+        loss = bradley_terry_loss(rm.score(chosen), rm.score(rejected))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1
+    assert pairwise_accuracy(rm.score(chosen), rm.score(rejected)) == 1.0
+
+
+# ---------------------------------------------------------------------- JSONL pairs
+
+
+def write_lines(path, lines: list[str]):
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_pairs_loader_reads_records(tmp_path):
+    rec = {"prompt": "Say hi", "chosen": "hi", "rejected": "bye"}
+    path = write_lines(tmp_path / "p.jsonl", [json.dumps(rec), "", json.dumps(rec)])
+    assert load_pairs_jsonl(path) == [rec, rec]
+
+
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ("{not json", "p.jsonl:1: not valid JSON"),
+        ('{"prompt": "a", "chosen": "b"}', "p.jsonl:1: expected exactly the keys"),
+        ('{"prompt": "a", "chosen": "b", "rejected": 3}', r"\['rejected'\] must be strings"),
+        ('{"prompt": " ", "chosen": "b", "rejected": "c"}', "empty 'prompt'"),
+        ('{"prompt": "a", "chosen": "b", "rejected": "b"}', "are the same text"),
+        ("[1, 2]", "expected exactly the keys"),
+    ],
+)
+def test_pairs_loader_errors_name_file_and_line(tmp_path, line, message):
+    path = write_lines(tmp_path / "p.jsonl", [line])
+    with pytest.raises(ValueError, match=message):
+        load_pairs_jsonl(path)
+
+
+def test_pairs_loader_missing_empty_and_binary(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+        load_pairs_jsonl(tmp_path / "nope.jsonl")
+    with pytest.raises(ValueError, match="no preference pairs"):
+        load_pairs_jsonl(write_lines(tmp_path / "e.jsonl", [""]))
+    (tmp_path / "b.jsonl").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ValueError, match="not UTF-8"):
+        load_pairs_jsonl(tmp_path / "b.jsonl")
