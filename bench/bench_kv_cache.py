@@ -12,9 +12,7 @@ Leaves out: batch sizes above 1 and GPU timings.
 """
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,18 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model.generation import generate  # noqa: E402
 from model.gpt import GPT, GPTConfig  # noqa: E402
 from model.kv_cache import KVCache  # noqa: E402
+from model.probes import time_generate  # noqa: E402
 
 SIZES = [(128, 4), (256, 4), (512, 8), (768, 12)]  # (n_embd, n_head)
-
-
-def time_generate(model, n_new: int, use_cache: bool, repeats: int) -> tuple[float, list[int]]:
-    """Median seconds to generate n_new tokens from a one-token prompt, and the tokens."""
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = generate(model, [[0]], n_new, seed=0, use_cache=use_cache)[0]
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
 
 
 def speed_rows(sizes, n_new: int, repeats: int, uncached_repeats: int) -> list[str]:

@@ -185,6 +185,9 @@ def main(argv: list[str] | None = None) -> None:
         f"metrics: {Path('metrics').resolve()}  |  compare runs: mlflow ui "
         f"--backend-store-uri {os.environ.get('MLFLOW_TRACKING_URI', 'sqlite:///mlflow.db')}"
     )
+    report = Path("out") / "report" / "report.md"
+    if report.exists():
+        print(f"report card: {report.resolve()}")
 
 
 if __name__ == "__main__":

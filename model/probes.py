@@ -13,6 +13,8 @@ What is here (pure torch, no files, no MLflow; tasks/experiments.py runs them an
   path, and the same statistic in a trained model's attention maps;
 - sampling entropy of next-token distributions against temperature, in bits;
 - per-layer gradient norms (Pre-LN vs Post-LN, Xiong et al. 2020);
+- `time_generate`: seconds to generate with or without the KV cache (the speedup experiment
+  and bench/bench_kv_cache.py);
 - the copy task (`copy_batch`): predict the token `distance` places back, which needs a
   receptive field of at least distance + 1 tokens; sliding-window attention with window w over
   n_layer layers reaches n_layer * (w - 1) tokens back.
@@ -21,12 +23,15 @@ Tests: `pytest tests/test_experiments.py`.
 """
 
 import math
+import statistics
+import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from model.attention import attention_weights
+from model.generation import generate
 
 Batch = Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
@@ -188,3 +193,13 @@ def utilisation_summary(per_layer: list[list[float]]) -> dict[str, float]:
         "max_share": float(shares.max()),
         "cv": float(cv.mean()),
     }
+
+
+def time_generate(model, n_new: int, use_cache: bool, repeats: int) -> tuple[float, list[int]]:
+    """Median seconds to generate n_new tokens from a one-token prompt, and the tokens."""
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = generate(model, [[0]], n_new, seed=0, use_cache=use_cache)[0]
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out

@@ -207,17 +207,15 @@ def entropy(ctx: Context) -> tuple[dict, dict]:
 
 
 def kv_cache(ctx: Context) -> tuple[dict, dict]:
-    """Generation with and without the KV cache, per model width (bench/bench_kv_cache.py)."""
-    from bench.bench_kv_cache import time_generate
-
+    """Generation with and without the KV cache, per model width (as bench/bench_kv_cache.py)."""
     n_new, results = ctx.p.kv_tokens, []
     for n_embd, n_head in ctx.p.kv_sizes:
         torch.manual_seed(ctx.seed)
         cfg = GPTConfig(n_embd=n_embd, n_head=n_head, block_size=max(512, n_new + 1))
         model = GPT(cfg).to(ctx.device)
-        time_generate(model, 8, True, 1)  # warm-up: allocator, kernels
-        t_cache, out_cache = time_generate(model, n_new, True, ctx.p.kv_repeats)
-        t_full, out_full = time_generate(model, n_new, False, 1)
+        probes.time_generate(model, 8, True, 1)  # warm-up: allocator, kernels
+        t_cache, out_cache = probes.time_generate(model, n_new, True, ctx.p.kv_repeats)
+        t_full, out_full = probes.time_generate(model, n_new, False, 1)
         results.append(
             {
                 "n_embd": n_embd,

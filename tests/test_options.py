@@ -51,6 +51,8 @@ def test_option_combination_trains(quick_pretrained, tmp_path, name):
     repo = copy_repo(quick_pretrained, tmp_path / "repo")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["model"].update(COMBOS[name])
+    if not params["model"].get("causal", True):  # bidirectional attention needs the MLM objective
+        params["pretrain"]["objective"] = "masked"
     params["pretrain"].update(max_steps=4, eval_interval=2, checkpoint_interval=2, log_interval=1)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run_in(repo, "-m", "tasks.pretrain")

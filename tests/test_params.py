@@ -11,7 +11,6 @@ import yaml
 from tasks.params import ParamsError, load_params
 from tests.conftest import ROOT
 
-
 FREE_FORM = {"scaling.points"}  # sweep point names differ between profiles by design
 
 
