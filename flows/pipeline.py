@@ -156,7 +156,9 @@ def pipeline(stages: list[str] | None = None) -> list[dict]:
     tracking.setup()
     with mlflow.start_run(run_name="pipeline", tags={"stage": "pipeline"}) as parent:
         results = [run_stage(s, parent.info.run_id) for s in stages]
-        mlflow.log_metrics({f"{r['stage']}/seconds": r["seconds"] for r in results})
+        # MLflow metric names cannot hold '@' (scaling-point@n1): foreach instances use ':'
+        seconds = {f"{r['stage'].replace('@', ':')}/seconds": r["seconds"] for r in results}
+        mlflow.log_metrics(seconds)
         mlflow.set_tag("stages_run", ",".join(r["stage"] for r in results if r["ran"]) or "none")
     summary = "\n".join(
         f"- {r['stage']}: {'ran' if r['ran'] else 'up to date'} ({r['seconds']}s)" for r in results
@@ -179,8 +181,9 @@ def main(argv: list[str] | None = None) -> None:
         results = pipeline(args.stages)
     except StageFailed as e:
         sys.exit(f"pipeline failed: {e}")
+    width = max((len(r["stage"]) for r in results), default=0)
     for r in results:
-        print(f"{r['stage']:<10} {'ran' if r['ran'] else 'up to date':<11} {r['seconds']:>7}s")
+        print(f"{r['stage']:<{width}} {'ran' if r['ran'] else 'up to date':<11} {r['seconds']:>7}s")
     print(
         f"metrics: {Path('metrics').resolve()}  |  compare runs: mlflow ui "
         f"--backend-store-uri {os.environ.get('MLFLOW_TRACKING_URI', 'sqlite:///mlflow.db')}"
