@@ -37,8 +37,9 @@ def local_imports(path: str) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
         for name in names:
-            if name.split(".")[0] in PACKAGES and (ROOT / (name.replace(".", "/") + ".py")).exists():
-                found.add(name.replace(".", "/") + ".py")
+            file = name.replace(".", "/") + ".py"
+            if name.split(".")[0] in PACKAGES and (ROOT / file).exists():
+                found.add(file)
     return found
 
 
