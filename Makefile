@@ -27,6 +27,8 @@ lint: setup
 bench: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m bench.bench_tokenizer
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m bench.bench_kv_cache
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m bench.bench_quant
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m bench.bench_word2vec
 
 clean:
 	rm -rf out metrics plots mlflow.db mlartifacts dvc.lock

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import threading
@@ -117,6 +118,8 @@ def run_stage(stage: str, parent_run_id: str) -> dict:
     from tasks.tracking import PARENT_ENV
 
     logger = get_run_logger()
+    # DVC's "To track the changes with git, run: git add dvc.lock" hint, once per stage: noise here
+    logging.getLogger("dvc.repo.scm_context").setLevel(logging.WARNING)
     os.environ[PARENT_ENV] = parent_run_id  # read by the stage process that DVC starts
     t0 = time.perf_counter()
     with dvc_lock(), tempfile.TemporaryDirectory() as tmp:

@@ -175,6 +175,7 @@ class RewardParams(Section):
     eval_prompts_per_family: int = Field(12, gt=0)  # test prompts for the held-out pairs
     samples_per_prompt: int = Field(4, ge=2)
     pairs_per_prompt: int = Field(2, gt=0)
+    swapped_per_prompt: int = Field(4, ge=0)  # pairs vs another prompt's answer (train only)
     sample_temperature: float = Field(1.0, gt=0)
     max_new_tokens: int = Field(16, gt=0)
     generation_batch_size: int = Field(128, gt=0)

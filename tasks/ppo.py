@@ -48,7 +48,7 @@ from model.ppo import (
 )
 from model.reward import ScalarHeadModel
 from model.tokenizer import Tokenizer
-from tasks import tracking
+from tasks import registry, tracking
 from tasks.checkpoint import TOKENIZER_FILE, load_checkpoint, save_checkpoint
 from tasks.common import log, resolve_device, run_stage, seed_everything
 from tasks.instruct import read_examples
@@ -377,6 +377,8 @@ def finish(policy, tok, params, before, after, history, evals, seconds: float) -
     tracking.log_metrics({f"final/{k}": v for k, v in metrics.items() if not isinstance(v, dict)})
     for path in (OUT_DIR / "samples.txt", METRICS / "ppo.json", PLOTS / "ppo" / "train.csv"):
         tracking.log_artifact(path)
+    tags = {"iterations": p.iterations, "test_accuracy": metrics["ppo_test_accuracy"]}
+    registry.register_checkpoint(OUT_DIR, registry.ALIGNED_MODEL, tags=tags)
     log.info(
         "ppo: held-out accuracy %.3f -> %.3f (%+.3f), RM score %+.3f -> %+.3f, KL %.3f nats",
         metrics["sft_test_accuracy"],

@@ -35,7 +35,7 @@ from model.generation import generate
 from model.gpt import GPT, GPTConfig
 from model.quant import QuantScheme, quantize_model, weight_bytes
 from model.tokenizer import Tokenizer
-from tasks import tracking
+from tasks import registry, tracking
 from tasks.checkpoint import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, load_checkpoint, read_config
 from tasks.common import log, resolve_device, run_stage, seed_everything
 from tasks.io import METRICS, OUT, atomic_dir, write_json, write_text
@@ -256,6 +256,15 @@ def finish(results: dict) -> None:
             tracking.log_metrics({f"{model}/{scheme}/{k}": float(v) for k, v in m.items()})
     tracking.log_artifact(OUT_DIR / "report.md")
     tracking.log_artifact(METRICS / "quantize.json")
+    for model, schemes in results.items():  # alias per variant: models:/llmpipe-quantized@ppo-...
+        for scheme, m in schemes.items():
+            if scheme == "fp32":  # the reference row: its checkpoint is the model's own
+                continue
+            variant = f"{model}-{scheme}"
+            tags = {"model": model, "scheme": scheme, "ppl_increase": m["ppl_increase"]}
+            registry.register_checkpoint(
+                OUT_DIR / variant, registry.QUANTIZED_MODEL, variant, tags, f"models/{variant}"
+            )
     log.info("quantize: results\n%s", table)
 
 

@@ -25,12 +25,17 @@ QUANTIZED_MODEL = "llmpipe-quantized"  # quantize
 
 
 def register_checkpoint(
-    path: str | Path, name: str, alias: str = ALIAS, tags: dict | None = None
+    path: str | Path,
+    name: str,
+    alias: str = ALIAS,
+    tags: dict | None = None,
+    artifact_path: str = "model",
 ) -> str | None:
     """Register the checkpoint folder `path` as a new version of `name`, aliased `alias`.
 
-    Needs an active MLflow run (the stage's). Returns the version, or None on ranks other
-    than 0 (only rank 0 talks to MLflow).
+    The folder is logged under the run's `artifact_path` (one per folder when a stage registers
+    several). Needs an active MLflow run (the stage's). Returns the version, or None on ranks
+    other than 0 (only rank 0 talks to MLflow).
     """
     if not is_main():
         return None
@@ -46,12 +51,12 @@ def register_checkpoint(
     if run is None:
         raise RuntimeError("register_checkpoint needs an active MLflow run (tracking.stage_run)")
 
-    mlflow.log_artifacts(str(path), artifact_path="model")
+    mlflow.log_artifacts(str(path), artifact_path=artifact_path)
     client = MlflowClient()
     ensure_registered_model(client, name)
     version = client.create_model_version(
         name,
-        source=mlflow.get_artifact_uri("model"),
+        source=mlflow.get_artifact_uri(artifact_path),
         run_id=run.info.run_id,
         tags={k: str(v) for k, v in (tags or {}).items()},
     ).version

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import shutil
 import time
 from dataclasses import dataclass
@@ -53,7 +54,7 @@ from tasks.checkpoint import (
 from tasks.common import log, resolve_device, run_stage, seed_everything
 from tasks.hardware import matmul_peak_flops
 from tasks.instruct import read_examples
-from tasks.io import METRICS, OUT, PLOTS, write_json, write_text
+from tasks.io import METRICS, OUT, PLOTS, flatten, write_json, write_text
 from tasks.params import RewardParams, load_params
 from tasks.training import Loop, fingerprint, fit, make_optimizer, peek_resume, resume
 
@@ -68,7 +69,7 @@ class Pair:
     chosen: list[int]
     rejected: list[int]
     family: str
-    source: str  # "sampled" | "reference" (chosen is the reference answer) | "file"
+    source: str  # sampled | reference (chosen is the reference answer) | swapped | file
 
 
 # ---------------------------------------------------------------------- pairs
@@ -112,6 +113,25 @@ def pairs_from_samples(tok, examples: list[Example], groups: list, per_prompt: i
             good, source = [answer_ids(tok, reference_answer(ex))], "reference"
         for i, rejected in enumerate(bad[:per_prompt]):
             pairs.append(Pair(prompt, good[i % len(good)], rejected, ex.family, source))
+    return pairs
+
+
+def swapped_pairs(tok, examples: list[Example], per_prompt: int, seed: int) -> list[Pair]:
+    """(reference, another prompt's reference) pairs within a family: the rejected side is a
+    well-formed answer to a different task that the checker rejects here. They teach the model
+    to compare the answer with the prompt, which sampled pairs alone (a few hundred per family)
+    do not; they are training pairs only, never held out."""
+    rng = random.Random(seed)
+    by_family: dict[str, list[Example]] = {}
+    for ex in examples:
+        by_family.setdefault(ex.family, []).append(ex)
+    pairs = []
+    for ex in examples:
+        prompt, chosen = encode_prompt(tok, list(ex.messages)), reference_answer(ex)
+        others = [o for o in by_family[ex.family] if not check(ex, reference_answer(o))]
+        for other in rng.sample(others, min(per_prompt, len(others))):
+            rejected = answer_ids(tok, reference_answer(other))
+            pairs.append(Pair(prompt, answer_ids(tok, chosen), rejected, ex.family, "swapped"))
     return pairs
 
 
@@ -284,6 +304,7 @@ def build_pairs(policy, tok, params, device) -> dict:
         test = per_family(read_examples("test"), p.eval_prompts_per_family)
         train_groups = sample_by_prompt(policy, tok, examples, p, seed)
         train = pairs_from_samples(tok, examples, train_groups, p.pairs_per_prompt)
+        train += swapped_pairs(tok, examples, p.swapped_per_prompt, seed)
         held_groups = sample_by_prompt(policy, tok, test, p, seed + 1)
         held = pairs_from_samples(tok, test, held_groups, p.pairs_per_prompt)
         sample_acc = float(np.mean([ok for g in train_groups for _, ok in g]))
@@ -376,6 +397,7 @@ def finish(rm, tok, data, params, loop, device, train_seconds: float, sample_sec
     metrics |= {
         "train_pairs": len(data["train"]),
         "reference_chosen_pairs": sum(q.source == "reference" for q in data["train"]),
+        "swapped_pairs": sum(q.source == "swapped" for q in data["train"]),
         "policy_samples": len(data["samples"]),
         "policy_sample_accuracy": data["sample_accuracy"],
         "score_offset": rm.offset.item(),
@@ -400,7 +422,7 @@ def finish(rm, tok, data, params, loop, device, train_seconds: float, sample_sec
     write_text(OUT_DIR / "pairs.jsonl", pairs_jsonl(tok, data["train"]))
     write_json(METRICS / "reward.json", metrics)
     write_plots(loop.history)
-    tracking.log_metrics({f"final/{k}": v for k, v in metrics.items()})
+    tracking.log_metrics({f"final/{k}": v for k, v in flatten(metrics).items()})
     for path in (OUT_DIR / CONFIG_FILE, METRICS / "reward.json", OUT_DIR / "pairs.jsonl"):
         tracking.log_artifact(path)
     by_source = [
@@ -408,6 +430,8 @@ def finish(rm, tok, data, params, loop, device, train_seconds: float, sample_sec
         for src in ("sampled", "reference")
         if f"pairwise_accuracy_{src}" in metrics
     ]
+    by_family = metrics["pairwise_accuracy_by_family"]
+    log.info("reward: held-out pairwise accuracy by family %s", by_family)
     log.info(
         "reward: held-out pairwise accuracy %.3f on %d pairs (%s)",
         metrics["pairwise_accuracy"],
@@ -429,6 +453,11 @@ def held_out_metrics(rm, data, pad: int, device) -> dict:
         if keep.any():
             out[f"pairwise_accuracy_{source}"] = pairwise_accuracy(chosen[keep], rejected[keep])
             out[f"eval_pairs_{source}"] = int(keep.sum())
+    by_family = {}
+    for family in dict.fromkeys(q.family for q in held):
+        keep = torch.tensor([q.family == family for q in held], device=chosen.device)
+        by_family[family] = round(pairwise_accuracy(chosen[keep], rejected[keep]), 4)
+    out["pairwise_accuracy_by_family"] = by_family
     chosen_n, rejected_n = (chosen - rm.offset) / rm.scale, (rejected - rm.offset) / rm.scale
     out["score_chosen_mean"] = chosen_n.mean().item()
     out["score_rejected_mean"] = rejected_n.mean().item()

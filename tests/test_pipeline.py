@@ -8,6 +8,7 @@ then the MLflow store is checked for the parent run and its children.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -64,7 +65,7 @@ def test_pretrain_param_change_reruns_pretrain_only(quick_repo):
     assert "up to date" in status, status
 
 
-def test_mlflow_holds_parent_and_stage_children(quick_repo):
+def test_mlflow_holds_parent_and_stage_children(quick_repo, tmp_path):
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{quick_repo / 'mlflow.db'}")
@@ -81,6 +82,19 @@ def test_mlflow_holds_parent_and_stage_children(quick_repo):
     assert len(curve) >= 5 and all(m.step > 0 for m in curve)
     artifacts = {a.path for a in client.list_artifacts(pretrain.info.run_id)}
     assert {"samples.txt", "config.json"} <= artifacts
+    # the base, aligned and quantized models are registered, each version under an alias
+    for name, alias in [
+        ("llmpipe-base", "current"),
+        ("llmpipe-aligned", "current"),
+        ("llmpipe-quantized", "ppo-int8-channel"),
+        ("llmpipe-quantized", "pretrain-int4-g32"),
+    ]:
+        uri = f"models:/{name}@{alias}"
+        folder = mlflow.artifacts.download_artifacts(
+            uri, dst_path=str(tmp_path / name / alias), tracking_uri=client.tracking_uri
+        )
+        files = {p.name for p in Path(folder).iterdir()}
+        assert {"model.safetensors", "config.json", "tokenizer.json"} <= files, (uri, files)
     # the third pipeline run re-ran pretrain only: exactly one child
     third = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[2].info.run_id]
     assert [r.data.tags["stage"] for r in third] == ["pretrain"]
