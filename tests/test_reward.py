@@ -128,3 +128,30 @@ def test_pairs_loader_missing_empty_and_binary(tmp_path):
     (tmp_path / "b.jsonl").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(ValueError, match="not UTF-8"):
         load_pairs_jsonl(tmp_path / "b.jsonl")
+
+
+def test_swapped_pairs_reject_another_prompts_answer():
+    from model.instruct import check, make_examples, reference_answer
+    from model.tokenizer import Tokenizer
+    from tasks.reward import swapped_pairs
+
+    examples = make_examples(0, 6, "train", ["copy", "count"])
+    tok = Tokenizer.train([" ".join(ex.prompt for ex in examples)], 300)
+    pairs = swapped_pairs(tok, examples, 3, seed=0)
+    assert len(pairs) == 3 * len(examples) and {q.source for q in pairs} == {"swapped"}
+    by_prompt = {}
+    for ex in examples:
+        by_prompt.setdefault(ex.family, []).append(ex)
+    for q in pairs:
+        ex = next(e for e in by_prompt[q.family] if q.prompt == swapped_prompt(tok, e))
+        chosen, rejected = tok.decode(q.chosen[:-1]), tok.decode(q.rejected[:-1])
+        assert q.chosen[-1] == q.rejected[-1] == tok.end_id
+        assert check(ex, chosen) and not check(ex, rejected)
+        # the rejected side is a real answer of the same family
+        assert rejected in {reference_answer(o) for o in by_prompt[q.family]}
+
+
+def swapped_prompt(tok, example):
+    from model.chat import encode_prompt
+
+    return encode_prompt(tok, list(example.messages))
