@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model import word2vec as w2v  # noqa: E402
 from tasks.data import read_texts  # noqa: E402
-from tasks.embeddings import evaluate, sgns_config  # noqa: E402
+from tasks.embeddings import evaluate, sgns_config, train_gensim  # noqa: E402
 from tasks.params import load_params  # noqa: E402
 
 
@@ -31,28 +31,6 @@ def train_ours(p, seed, vocab, ids, sent):
     model = w2v.SGNS(vocab.counts, sgns_config(p, seed))
     losses = model.train(ids, sent)
     return time.perf_counter() - t0, model.w_in.numpy(), vocab.words, losses[-1]
-
-
-def train_gensim(p, seed, sentences):
-    from gensim.models import Word2Vec
-
-    t0 = time.perf_counter()
-    model = Word2Vec(
-        sentences,
-        vector_size=p.dim,
-        window=p.window,
-        min_count=p.min_count,
-        negative=p.negative,
-        sample=p.sample,
-        epochs=p.epochs,
-        alpha=p.lr,
-        min_alpha=p.min_lr,
-        sg=1,
-        hs=0,
-        workers=p.threads,
-        seed=seed,
-    )
-    return time.perf_counter() - t0, model.wv.vectors, model.wv.index_to_key, None
 
 
 def median_row(runs: list[tuple], p) -> dict:

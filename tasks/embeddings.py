@@ -110,6 +110,46 @@ def train(p: EmbeddingsParams, seed: int, vocab, ids, sent) -> tuple[w2v.SGNS, l
     return model, losses, time.perf_counter() - t0, float(np.median(rates))
 
 
+def train_gensim(p: EmbeddingsParams, seed: int, sentences: list[list[str]]) -> tuple:
+    """The peer: gensim's Word2Vec, skip-gram with negative sampling, same settings as ours.
+
+    Returns (seconds, vectors, words, None); None where ours has a final loss (gensim's
+    reported loss is a different quantity)."""
+    from gensim.models import Word2Vec
+
+    t0 = time.perf_counter()
+    model = Word2Vec(
+        sentences,
+        vector_size=p.dim,
+        window=p.window,
+        min_count=p.min_count,
+        negative=p.negative,
+        sample=p.sample,
+        epochs=p.epochs,
+        alpha=p.lr,
+        min_alpha=p.min_lr,
+        sg=1,
+        hs=0,
+        workers=p.threads,
+        seed=seed,
+    )
+    return time.perf_counter() - t0, model.wv.vectors, model.wv.index_to_key, None
+
+
+def gensim_metrics(p: EmbeddingsParams, seed: int, sentences: list[list[str]]) -> dict:
+    """gensim trained on the same sentences and scored by the same evaluators, `gensim_` keys."""
+    seconds, vectors, words, _ = train_gensim(p, seed, sentences)
+    scores = evaluate(vectors, words, p.restrict_vocab)
+    log.info(
+        "embeddings: gensim analogy %.2f%%, SimLex %.3f, WordSim %.3f, %.1f s",
+        100 * scores["analogy_accuracy"],
+        scores["simlex_spearman"],
+        scores["wordsim_spearman"],
+        seconds,
+    )
+    return {f"gensim_{k}": v for k, v in scores.items()} | {"gensim_train_seconds": seconds}
+
+
 def main() -> None:
     params = load_params()
     p = params.embeddings
@@ -133,6 +173,8 @@ def main() -> None:
             "train_seconds": seconds,
             "pairs_per_s": rate,
         }
+        if p.compare_gensim:  # the peer, in this run, for the report card's ratio
+            metrics |= gensim_metrics(p, params.seed, sentences)
         write_outputs(vectors, vocab.words, p, losses, metrics)
     log.info(
         "embeddings: loss %.4f, analogy %.2f%% (%d covered), SimLex %.3f, WordSim %.3f, %.1f s",

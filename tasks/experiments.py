@@ -327,6 +327,9 @@ def sliding_window(ctx: Context) -> tuple[dict, dict]:
     return row(expected, measured, full, "accuracy", rule, passed, note), results
 
 
+SWITCH_AUX_COEF = 0.01
+
+
 def moe(ctx: Context) -> tuple[dict, dict]:
     """Expert shares after a short run with and without the load-balancing loss."""
     p, results = ctx.p, {}
@@ -352,17 +355,24 @@ def moe(ctx: Context) -> tuple[dict, dict]:
             "train_loss": losses[-1],
         }
     ctx.plots["moe_utilisation.png"] = plot_utilisation(results)
-    off, on = results[str(min(p.moe_aux_coefs))], results[str(max(p.moe_aux_coefs))]
+    # the verdict uses Switch Transformer's alpha = 0.01 (Fedus et al. 2021) when it is swept
+    usual = SWITCH_AUX_COEF if SWITCH_AUX_COEF in p.moe_aux_coefs else max(p.moe_aux_coefs)
+    off, on = results[str(min(p.moe_aux_coefs))], results[str(usual)]
     passed = on["min_share"] > off["min_share"] and on["cv"] < off["cv"]
     measured = ", ".join(
         f"coef {c}: min share {r['min_share']:.2f}, cv {r['cv']:.2f}" for c, r in results.items()
     )
+    uneven = [c for c, r in results.items() if float(c) > 0 and r["cv"] >= off["cv"]]
     note = (
         f"{p.moe_experts} experts, top-1, {p.moe_steps} steps (balanced = {1 / p.moe_experts:.2f} "
-        "each, cv 0). Over so few steps the usual coefficient 0.01 is too weak to show; the "
-        "largest coefficient shows the effect"
+        "each, cv 0)"
     )
-    rule = "largest coef: higher min share and lower cv than coef 0"
+    if uneven:
+        note += (
+            f"; coef {', '.join(uneven)} did not even the shares over this short run (a balance "
+            "loss that large next to the LM loss; not investigated further)"
+        )
+    rule = f"coef {usual}: higher min share and lower cv than coef {min(p.moe_aux_coefs)}"
     expected = "balance loss evens expert shares"
     return row(expected, measured, on["min_share"], "share", rule, passed, note), results
 

@@ -338,6 +338,7 @@ class EmbeddingsParams(Section):
     restrict_vocab: int = Field(30000, gt=0)  # analogy answers among the most frequent words
     neighbour_words: list[str] = ["city", "war", "king", "river", "music", "france", "water"]
     neighbours: int = Field(8, gt=0)
+    compare_gensim: bool = True  # also train gensim's Word2Vec on the same words (the peer)
 
 
 class ExperimentsParams(Section):

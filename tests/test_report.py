@@ -40,7 +40,7 @@ FULL = {
             "int4-g32": {"ppl_increase": 0.08},
         }
     },
-    "scaling": {"fit": {"alpha": 0.08}, "prediction_error": 0.03},
+    "scaling": {"L_N": {"pure": {"alpha": 0.08}, "holdout": {"pure": {"rel_error": 0.03}}}},
     "experiments": {
         "rows": {name: experiment_row() for name in ["bpe_compression", *report.EXPERIMENT_TITLES]}
     },
@@ -54,6 +54,7 @@ def test_full_metrics_every_row_has_a_verdict():
     assert report.counts(rows)["not run"] == 0
     assert "+0.40% (pretrain, int8-channel)" in text
     assert "60.0% -> 70.0%" in text  # PPO accuracy headline
+    assert "| held-out prediction error | 3.0% |" in text  # the scaling fit's held-out check
     assert "`abc`" in text
     assert "n \\| with a pipe" in text  # a pipe in a note does not break the table
     table = [line for line in text.splitlines() if line.startswith("| ")]

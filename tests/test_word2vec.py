@@ -226,3 +226,6 @@ def test_embeddings_stage_on_quick_profile(quick_pretrained):
     assert "| city |" in (repo / "out" / "embeddings" / "neighbours.md").read_text()
     rows = (repo / "plots" / "embeddings" / "loss.csv").read_text().split()
     assert rows[0] == "epoch,loss" and len(rows) == len(losses) + 1
+    # the peer ran on the same words and went through the same evaluators
+    assert metrics["gensim_analogy_covered"] == metrics["analogy_covered"]
+    assert metrics["gensim_train_seconds"] > 0 and -1 <= metrics["gensim_simlex_spearman"] <= 1
