@@ -377,7 +377,8 @@ def main() -> Path:
     metrics = read_all_metrics()
     metrics.pop("report", None)  # this stage's own output from an earlier run
     with tracking.stage_run("report", {"stages": sorted(metrics)}):
-        links = run_links(set(metrics))
+        # stages tag their runs by stage name; metrics/scaling.json comes from scaling-fit
+        links = run_links(set(metrics) | {"scaling-fit"})
         text, rows = build(metrics, links)
         with atomic_dir(OUT_DIR) as tmp:
             (tmp / "report.md").write_text(text, encoding="utf-8")
