@@ -85,7 +85,10 @@ class ModelParams(Section):
         return self
 
 
-class PretrainParams(Section):
+class LoopParams(Section):
+    """The optimisation keys every training loop (tasks/training.py) reads; pretrain, sft and
+    reward add their own. Defaults are pretraining's: params.yaml sets each section's values."""
+
     batch_size: int = Field(16, gt=0)  # sequences per micro-batch
     grad_accum: int = Field(1, gt=0)  # micro-batches per optimizer step
     max_steps: int = Field(1000, gt=0)
@@ -96,22 +99,25 @@ class PretrainParams(Section):
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.95, ge=0, lt=1)
     grad_clip: float = Field(1.0, ge=0)  # 0 disables clipping
-    eval_interval: int = Field(100, gt=0)
+    eval_interval: int = Field(100, gt=0)  # steps between evaluations
+    checkpoint_interval: int = Field(100, gt=0)  # steps between resume states
+    log_interval: int = Field(10, gt=0)  # steps between progress lines
+
+    @model_validator(mode="after")
+    def _lr_order(self) -> LoopParams:
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        return self
+
+
+class PretrainParams(LoopParams):
     eval_batches: int = Field(8, gt=0)
-    checkpoint_interval: int = Field(100, gt=0)
-    log_interval: int = Field(10, gt=0)
     sample_prompts: list[str] = ["The history of", "In the early", "The city is"]
     sample_tokens: int = Field(48, ge=0)
     sample_temperature: float = Field(0.8, ge=0)
     sample_top_k: int | None = Field(40, gt=0)
     objective: Literal["causal", "masked"] = "causal"  # masked needs model.causal false
     mask_prob: float = Field(0.15, gt=0, le=1)  # masked: share of positions selected
-
-    @model_validator(mode="after")
-    def _lr_order(self) -> PretrainParams:
-        if self.min_lr > self.lr:
-            raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
-        return self
 
 
 # Sections of the later stages. Each is owned by its stage module (named in the comment) and
@@ -136,37 +142,18 @@ class InstructParams(Section):
         return self
 
 
-class SFTParams(Section):
-    """tasks/sft.py: fine-tune the base checkpoint on the instruction data (fields as in
-    PretrainParams where they share a meaning; the loop is tasks/training.py)."""
+class SFTParams(LoopParams):
+    """tasks/sft.py: fine-tune the base checkpoint on the instruction data (loop keys in
+    LoopParams; batch_size counts conversations; eval_interval: test response-loss evals)."""
 
-    batch_size: int = Field(32, gt=0)  # conversations per micro-batch
-    grad_accum: int = Field(1, gt=0)
-    max_steps: int = Field(400, gt=0)
-    lr: float = Field(1e-3, gt=0)
-    min_lr: float = Field(1e-4, ge=0)
-    warmup_steps: int = Field(20, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
-    beta1: float = Field(0.9, ge=0, lt=1)
-    beta2: float = Field(0.95, ge=0, lt=1)
-    grad_clip: float = Field(1.0, ge=0)
-    eval_interval: int = Field(100, gt=0)  # steps between test response-loss evaluations
-    checkpoint_interval: int = Field(100, gt=0)
-    log_interval: int = Field(20, gt=0)
     max_new_tokens: int = Field(24, gt=0)  # generation budget of an evaluated response
     eval_batch_size: int = Field(128, gt=0)  # prompts per batched greedy generation
     transcripts_per_family: int = Field(3, ge=0)
 
-    @model_validator(mode="after")
-    def _lr_order(self) -> SFTParams:
-        if self.min_lr > self.lr:
-            raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
-        return self
 
-
-class RewardParams(Section):
-    """tasks/reward.py: preference pairs and the reward model's training (loop fields as in
-    PretrainParams; the loop is tasks/training.py)."""
+class RewardParams(LoopParams):
+    """tasks/reward.py: preference pairs and the reward model's training (loop keys in
+    LoopParams; batch_size counts pairs)."""
 
     pairs: Literal["sampled", "jsonl"] = "sampled"  # sampled from the SFT policy, or a file
     pairs_file: str | None = None  # for pairs=jsonl: {"prompt", "chosen", "rejected"} per line
@@ -179,26 +166,11 @@ class RewardParams(Section):
     sample_temperature: float = Field(1.0, gt=0)
     max_new_tokens: int = Field(16, gt=0)
     generation_batch_size: int = Field(128, gt=0)
-    batch_size: int = Field(32, gt=0)  # pairs per micro-batch
-    grad_accum: int = Field(1, gt=0)
-    max_steps: int = Field(150, gt=0)
-    lr: float = Field(3e-4, gt=0)
-    min_lr: float = Field(3e-5, ge=0)
-    warmup_steps: int = Field(10, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
-    beta1: float = Field(0.9, ge=0, lt=1)
-    beta2: float = Field(0.95, ge=0, lt=1)
-    grad_clip: float = Field(1.0, ge=0)
-    eval_interval: int = Field(50, gt=0)
-    checkpoint_interval: int = Field(50, gt=0)
-    log_interval: int = Field(10, gt=0)
 
     @model_validator(mode="after")
     def _pairs_file(self) -> RewardParams:
         if self.pairs == "jsonl" and not self.pairs_file:
             raise ValueError("pairs 'jsonl' needs 'pairs_file'")
-        if self.min_lr > self.lr:
-            raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
         return self
 
 
