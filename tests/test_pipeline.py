@@ -65,7 +65,7 @@ def test_pretrain_param_change_reruns_pretrain_only(quick_repo):
     assert "up to date" in status, status
 
 
-def test_mlflow_holds_parent_and_stage_children(quick_repo, tmp_path):
+def test_mlflow_holds_parent_and_stage_children(quick_repo, tmp_path, monkeypatch):
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{quick_repo / 'mlflow.db'}")
@@ -83,6 +83,8 @@ def test_mlflow_holds_parent_and_stage_children(quick_repo, tmp_path):
     artifacts = {a.path for a in client.list_artifacts(pretrain.info.run_id)}
     assert {"samples.txt", "config.json"} <= artifacts
     # the base, aligned and quantized models are registered, each version under an alias
+    # (a models:/ URI resolves through the registry URI, which ignores `tracking_uri`)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", client.tracking_uri)
     for name, alias in [
         ("llmpipe-base", "current"),
         ("llmpipe-aligned", "current"),
