@@ -161,7 +161,8 @@ def test_utilisation_summary():
 
 def test_train_tiny_stops_on_divergence():
     model = GPT(GPTConfig(vocab_size=8, block_size=4, n_layer=1, n_head=1, n_embd=8))
-    bad = lambda g: (torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long))  # noqa: E731
+    zeros = torch.zeros(1, 4, dtype=torch.long)
+    bad = lambda g: (zeros, zeros)  # noqa: E731
     with torch.no_grad():
         model.lm_head.weight.fill_(float("nan"))
     losses = probes.train_tiny(model, bad, 10, 1e-3, 0)
