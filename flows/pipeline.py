@@ -2,8 +2,9 @@
 
 DVC decides what is stale: a stage whose code, inputs and params are unchanged is skipped, and
 `dvc.lock` ends the same as after `dvc repro`. Stages run one at a time (one DVC operation on the
-repository at once). Each stage's metrics become a Prefect artifact; the MLflow parent run
-`pipeline` holds one child run per stage that ran.
+repository at once), except the scaling-sweep points, which train side by side, one per core
+(flows/sweep.py), each recorded in dvc.lock under the same lock. Each stage's metrics become a
+Prefect artifact; the MLflow parent run `pipeline` holds one child run per stage that ran.
 
     python -m flows.pipeline                      # every stage
     python -m flows.pipeline --stages data tokenizer
@@ -27,6 +28,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 DVC_LOCK = threading.Lock()  # never two DVC operations on the repository at once
 
@@ -145,7 +147,23 @@ def run_stage(stage: str, parent_run_id: str) -> dict:
     return {"stage": stage, "ran": bool(ran), "seconds": round(seconds, 1), "metrics": metrics}
 
 
-@flow(name="llm-pipeline")
+def run_stages(stages: list[str], parent_run_id: str) -> list[dict]:
+    """Each stage through DVC in order, except the scaling-sweep points: those train together,
+    up to one per core, where the first of them comes (flows/sweep.py; nothing downstream of a
+    point comes before it in DVC's order, as every point depends on the tokenizer only)."""
+    from flows import sweep  # imports this module: a module-level import would be circular
+
+    points = [s for s in stages if s.startswith(f"{sweep.POINT_STAGE}@")]
+    results = []
+    for stage in stages:
+        if stage not in points:
+            results.append(run_stage(stage, parent_run_id))
+        elif stage == points[0]:
+            results += sweep.run_points(points, parent_run_id)
+    return results
+
+
+@flow(name="llm-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=os.cpu_count() or 1))
 def pipeline(stages: list[str] | None = None) -> list[dict]:
     import mlflow
 
@@ -158,7 +176,7 @@ def pipeline(stages: list[str] | None = None) -> list[dict]:
         raise ValueError(f"unknown stage(s) {unknown}; dvc.yaml has {known}")
     tracking.setup()
     with mlflow.start_run(run_name="pipeline", tags={"stage": "pipeline"}) as parent:
-        results = [run_stage(s, parent.info.run_id) for s in stages]
+        results = run_stages(stages, parent.info.run_id)
         # MLflow metric names cannot hold '@' (scaling-point@n1): foreach instances use ':'
         seconds = {f"{r['stage'].replace('@', ':')}/seconds": r["seconds"] for r in results}
         mlflow.log_metrics(seconds)

@@ -18,16 +18,18 @@ Leaves out: upstream stages (data, tokenizer): run `dvc repro tokenizer` or the 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.pipeline import DVC_LOCK, metrics_markdown  # one DVC operation at a time
+from flows.pipeline import StageFailed, dvc_lock, metrics_markdown  # one DVC operation at once
 
 POINT_STAGE, FIT_STAGE = "scaling-point", "scaling-fit"
 WORKERS = os.cpu_count() or 1
@@ -37,7 +39,7 @@ def stale_points() -> list[tuple[str, str]]:
     """(stage name, command) of every sweep point DVC would re-run; errors if upstream is stale."""
     from dvc.repo import Repo
 
-    with DVC_LOCK, Repo(".") as repo:
+    with dvc_lock(), Repo(".") as repo:
         upstream = repo.status(targets=["tokenizer"], with_deps=True)
         if upstream:
             raise ValueError(
@@ -60,8 +62,9 @@ def run_point(stage: str, cmd: str, parent_run_id: str, threads: int) -> dict:
     proc = subprocess.run(cmd, shell=True, env=env, capture_output=True, text=True)
     end = time.time()
     if proc.returncode != 0:
-        raise RuntimeError(f"{stage} failed ({proc.returncode}):\n{proc.stdout[-3000:]}")
-    with DVC_LOCK, Repo(".") as repo:
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-20:]
+        raise StageFailed(stage, f"exit status {proc.returncode}:\n" + "\n".join(tail))
+    with dvc_lock(), Repo(".") as repo:
         repo.commit(stage, force=True)
     get_run_logger().info("%s done in %.1fs", stage, end - start)
     return {"stage": stage, "start": start, "end": end, "seconds": round(end - start, 1)}
@@ -69,19 +72,21 @@ def run_point(stage: str, cmd: str, parent_run_id: str, threads: int) -> dict:
 
 @task(name="scaling-fit")
 def run_fit(parent_run_id: str) -> dict:
-    import json
-    from pathlib import Path
-
     from dvc.repo import Repo
 
     from tasks.tracking import PARENT_ENV
 
     os.environ[PARENT_ENV] = parent_run_id  # read by the stage process that DVC starts
-    with DVC_LOCK, Repo(".") as repo:
+    with dvc_lock(), Repo(".") as repo:
         ran = repo.reproduce(FIT_STAGE, single_item=True)
     metrics = json.loads(Path("metrics/scaling.json").read_text())
     create_markdown_artifact(metrics_markdown(FIT_STAGE, metrics), key="scaling-fit-metrics")
     return {"ran": bool(ran), "metrics": metrics}
+
+
+def artifact_key(text: str) -> str:
+    """Prefect artifact keys hold lowercase letters, digits and dashes only."""
+    return "".join(c if c.isalnum() else "-" for c in text.lower())
 
 
 def max_overlap(results: list[dict]) -> int:
@@ -94,20 +99,42 @@ def max_overlap(results: list[dict]) -> int:
     return best
 
 
+def run_points(stages: list[str], parent_run_id: str, workers: int = WORKERS) -> list[dict]:
+    """Train the stale ones of these `scaling-point@<name>` stages, at most `workers` at once.
+
+    Call it inside a flow whose task runner allows `workers` threads. One row per stage, in the
+    order given (the pipeline flow's summary rows): stage, ran, seconds, start, end, metrics.
+    """
+    stale = {stage: cmd for stage, cmd in stale_points() if stage in stages}
+    threads = max(1, WORKERS // max(1, min(workers, len(stale))))
+    futures = {s: run_point.submit(s, cmd, parent_run_id, threads) for s, cmd in stale.items()}
+    done = {s: f.result() for s, f in futures.items()}
+    rows = []
+    for stage in stages:
+        row = done.get(stage, {"stage": stage, "seconds": 0.0, "start": None, "end": None})
+        name = stage.split("@", 1)[1]
+        metrics_file = Path("metrics") / "scaling" / f"{name}.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+        if stage in done and metrics:
+            create_markdown_artifact(
+                metrics_markdown(stage, metrics), key=artifact_key(f"scaling-point-{name}-metrics")
+            )
+        rows.append(row | {"ran": stage in done, "metrics": metrics})
+    return rows
+
+
 @flow(name="scaling-sweep")
 def sweep(workers: int = WORKERS) -> dict:
     import mlflow
 
     from tasks import tracking
 
-    stale = stale_points()
-    threads = max(1, WORKERS // max(1, min(workers, len(stale))))
+    stages = [stage for stage, _ in stale_points()]
     tracking.setup()
     t0 = time.perf_counter()
     with mlflow.start_run(run_name="sweep", tags={"stage": "sweep"}) as parent:
         pid = parent.info.run_id
-        futures = [run_point.submit(stage, cmd, pid, threads) for stage, cmd in stale]
-        points = [f.result() for f in futures]
+        points = [p for p in run_points(stages, pid, workers) if p["ran"]]
         fit = run_fit(pid)
         seconds = time.perf_counter() - t0
         mlflow.log_metrics({"sweep/seconds": seconds, "sweep/points_run": len(points)})
