@@ -207,12 +207,18 @@ def split_of(family: str, prompt: str) -> str:
 
 
 def make_examples(
-    seed: int, n_per_family: int, split: str, families: list[str] | None = None
+    seed: int,
+    n_per_family: int,
+    split: str,
+    families: list[str] | None = None,
+    allow_fewer: bool = False,
 ) -> list[Example]:
     """`n_per_family` distinct examples of each family (all by default) from `split`.
 
-    Deterministic in (seed, n_per_family, split, families). Raises ValueError for an unknown
-    family or split, or when a family has fewer distinct prompts in the split than asked.
+    Deterministic in (seed, split, families), and a prefix property holds: asking for more
+    examples keeps the first ones and appends. Raises ValueError for an unknown family or split,
+    or when a family has fewer distinct prompts in the split than asked (unless `allow_fewer`:
+    then that family gives all it has).
     """
     if split not in ("train", "test"):
         raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
@@ -223,11 +229,13 @@ def make_examples(
     out: list[Example] = []
     for k, name in enumerate(names):
         rng = random.Random(f"{seed}/{split}/{name}/{k}")
-        out.extend(_draw_family(FAMILIES[name], rng, n_per_family, split))
+        out.extend(_draw_family(FAMILIES[name], rng, n_per_family, split, allow_fewer))
     return out
 
 
-def _draw_family(fam: Family, rng: random.Random, n: int, split: str) -> list[Example]:
+def _draw_family(
+    fam: Family, rng: random.Random, n: int, split: str, allow_fewer: bool = False
+) -> list[Example]:
     seen: dict[str, Example] = {}
     misses = 0  # draws in a row that found no new prompt of this split
     while len(seen) < n and misses < MAX_MISSES:
@@ -239,7 +247,7 @@ def _draw_family(fam: Family, rng: random.Random, n: int, split: str) -> list[Ex
         misses = 0
         messages = ({"role": "user", "content": prompt},)
         seen[prompt] = Example(fam.name, messages, fam.solve(args), args)
-    if len(seen) < n:
+    if len(seen) < n and not allow_fewer:
         raise ValueError(
             f"instruct: family '{fam.name}' has only {len(seen)} distinct {split} prompts "
             f"reachable; asked for {n} (lower the number per family)"

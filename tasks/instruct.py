@@ -3,9 +3,16 @@
 Generated task families (model/instruct.py) drawn with the run's seed, split by instance, plus
 any user files (`instruct.files`: Alpaca JSON or chat-messages JSONL), which are split the same
 way (a hash of the prompt text decides the side). The split is the same for every seed.
+Three files:
+- train: SFT's examples (`n_train_per_family` generated, plus the user's train-side ones);
+- prefs: the next `n_prefs_per_family` generated train-side prompts (fewer where a family runs
+  out), never in train: the prompts the reward model and PPO learn from. A policy has seen its
+  SFT prompts' answers; pairs and rollouts on those would measure recall, not the skill the
+  test split measures (the RLHF recipe keeps SFT, reward and PPO prompts apart);
+- test: `n_test_per_family` held-out prompts (and the user's test-side ones) for every stage.
 
     python -m tasks.instruct
-Writes out/instruct/{train,test}.jsonl (one `Example.to_dict()` per line) and
+Writes out/instruct/{train,prefs,test}.jsonl (one `Example.to_dict()` per line) and
 metrics/instruct.json (examples per family and split).
 """
 
@@ -22,7 +29,7 @@ from tasks.io import METRICS, OUT, atomic_dir, write_json
 from tasks.params import InstructParams, load_params
 
 OUT_DIR = OUT / "instruct"
-SPLITS = ("train", "test")
+SPLITS = ("train", "prefs", "test")
 
 
 def load_user_files(files: list[str]) -> list[Example]:
@@ -45,14 +52,41 @@ def build_splits(p: InstructParams, seed: int) -> dict[str, list[Example]]:
     """Generated examples of each split plus the user examples that fall on that side."""
     user = load_user_files(p.files)
     splits = {}
-    for split in SPLITS:
+    for split in ("train", "test"):
         n = p.n_train_per_family if split == "train" else p.n_test_per_family
         generated = make_examples(seed, n, split, p.families) if n else []
         mine = [ex for ex in user if split_of(ex.family, _key(ex)) == split]
         splits[split] = generated + mine
+    splits["prefs"] = prefs_examples(p, seed)
     if not splits["train"]:
         raise ValueError("instruct: no training examples (n_train_per_family is 0, no files)")
     return splits
+
+
+def prefs_examples(p: InstructParams, seed: int) -> list[Example]:
+    """The generated train-side prompts after SFT's: the first n_train of each family's draw
+    are SFT's (make_examples keeps a prefix when asked for more), the rest are these."""
+    if not p.n_prefs_per_family:
+        return []
+    n_train = p.n_train_per_family
+    drawn = make_examples(seed, n_train + p.n_prefs_per_family, "train", p.families, True)
+    seen: Counter = Counter()
+    out = []
+    for ex in drawn:
+        seen[ex.family] += 1
+        if seen[ex.family] > n_train:
+            out.append(ex)
+    return out
+
+
+def read_prompts(split: str = "prefs", root: str | Path = OUT_DIR) -> list[Example]:
+    """The examples the reward model and PPO learn from: prefs, or train when prefs is empty
+    (no generated families), with a warning (a policy has seen those answers in SFT)."""
+    examples = read_examples(split, root)
+    if examples:
+        return examples
+    log.warning("instruct: no %s prompts (n_prefs_per_family 0 or no families); using train", split)
+    return read_examples("train", root)
 
 
 def _key(ex: Example) -> str:
@@ -66,7 +100,7 @@ def write_examples(path: Path, examples: list[Example]) -> None:
 
 
 def read_examples(split: str, root: str | Path = OUT_DIR) -> list[Example]:
-    """The examples of a split written by this stage (train or test)."""
+    """The examples of a split written by this stage (train, prefs or test)."""
     path = Path(root) / f"{split}.jsonl"
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -105,8 +139,9 @@ def main() -> None:
         tracking.log_metrics({f"{s}/examples": len(ex) for s, ex in splits.items()})
         tracking.log_artifact(METRICS / "instruct.json")
     log.info(
-        "instruct: %d train / %d test examples; per family (train): %s",
+        "instruct: %d train / %d prefs / %d test examples; per family (train): %s",
         metrics["train"]["total"],
+        metrics["prefs"]["total"],
         metrics["test"]["total"],
         {k: v for k, v in metrics["train"].items() if k != "total"},
     )

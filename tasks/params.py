@@ -128,7 +128,8 @@ class InstructParams(Section):
     """tasks/instruct.py: the generated instruction tasks and any user files."""
 
     families: list[str] | None = None  # generated task families (null = all, see FAMILIES)
-    n_train_per_family: int = Field(250, ge=0)
+    n_train_per_family: int = Field(250, ge=0)  # SFT's
+    n_prefs_per_family: int = Field(250, ge=0)  # reward and PPO prompts, apart from SFT's
     n_test_per_family: int = Field(50, ge=1)
     files: list[str] = []  # user data: .json (Alpaca records) or .jsonl (chat messages)
 
@@ -158,7 +159,7 @@ class RewardParams(LoopParams):
     pairs: Literal["sampled", "jsonl"] = "sampled"  # sampled from the SFT policy, or a file
     pairs_file: str | None = None  # for pairs=jsonl: {"prompt", "chosen", "rejected"} per line
     eval_fraction: float = Field(0.2, gt=0, lt=1)  # pairs=jsonl: share held out (by prompt)
-    prompts_per_family: int = Field(40, gt=0)  # train prompts sampled per task family
+    prompts_per_family: int = Field(40, gt=0)  # prefs prompts sampled per task family
     eval_prompts_per_family: int = Field(12, gt=0)  # test prompts for the held-out pairs
     samples_per_prompt: int = Field(4, ge=2)
     pairs_per_prompt: int = Field(2, gt=0)
@@ -177,7 +178,7 @@ class RewardParams(LoopParams):
 class PPOParams(Section):
     """tasks/ppo.py: PPO against the reward model with a KL penalty to the SFT reference."""
 
-    prompts_per_family: int = Field(200, gt=0)  # train prompts the rollouts draw from
+    prompts_per_family: int = Field(200, gt=0)  # prefs prompts the rollouts draw from
     eval_prompts_per_family: int = Field(50, gt=0)  # held-out test prompts (greedy accuracy)
     iterations: int = Field(60, gt=0)  # rollout + update rounds
     rollout_batch: int = Field(64, gt=0)  # prompts (one response each) per rollout

@@ -51,7 +51,7 @@ from model.tokenizer import Tokenizer
 from tasks import registry, tracking
 from tasks.checkpoint import TOKENIZER_FILE, load_checkpoint, save_checkpoint
 from tasks.common import log, resolve_device, run_stage, seed_everything
-from tasks.instruct import read_examples
+from tasks.instruct import read_examples, read_prompts
 from tasks.io import METRICS, OUT, PLOTS, write_json, write_text
 from tasks.params import PPOParams, load_params
 from tasks.reward import OUT_DIR as REWARD_DIR
@@ -269,7 +269,7 @@ def main() -> None:
     p, device = params.ppo, resolve_device(params.device)
     seed_everything(params.seed)
     tok = Tokenizer.load(SFT_DIR / TOKENIZER_FILE)
-    pool = per_family(read_examples("train"), p.prompts_per_family)
+    pool = per_family(read_prompts(), p.prompts_per_family)
     test = per_family(read_examples("test"), p.eval_prompts_per_family)
     models = load_models(device)
     check_lengths(pool + test, tok, models["policy"].config.block_size, p)

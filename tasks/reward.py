@@ -53,7 +53,7 @@ from tasks.checkpoint import (
 )
 from tasks.common import log, resolve_device, run_stage, seed_everything
 from tasks.hardware import matmul_peak_flops
-from tasks.instruct import read_examples
+from tasks.instruct import read_examples, read_prompts
 from tasks.io import METRICS, OUT, PLOTS, flatten, write_json, write_text
 from tasks.params import RewardParams, load_params
 from tasks.training import Loop, fingerprint, fit, make_optimizer, peek_resume, resume
@@ -300,7 +300,7 @@ def build_pairs(policy, tok, params, device) -> dict:
         train_groups = sample_by_prompt(policy, tok, examples, p, seed)
         sample_acc = float("nan")
     else:
-        examples = per_family(read_examples("train"), p.prompts_per_family)
+        examples = per_family(read_prompts(), p.prompts_per_family)
         test = per_family(read_examples("test"), p.eval_prompts_per_family)
         train_groups = sample_by_prompt(policy, tok, examples, p, seed)
         train = pairs_from_samples(tok, examples, train_groups, p.pairs_per_prompt)

@@ -53,6 +53,33 @@ def test_train_and_test_never_share_a_prompt_across_seeds():
     assert all(split_of(f, p) == "test" for f, p in test)
 
 
+def test_more_examples_keep_the_first_ones_and_allow_fewer_caps_a_family():
+    few, more = make_examples(2, 20, "train"), make_examples(2, 60, "train")
+    for family in FAMILIES:
+        head = [e.prompt for e in more if e.family == family][:20]
+        assert head == [e.prompt for e in few if e.family == family]
+    capped = make_examples(0, 10_000, "test", ["copy", "next"], allow_fewer=True)
+    copies = [e for e in capped if e.family == "copy"]
+    assert 0 < len(copies) < 10_000 and len({e.prompt for e in copies}) == len(copies)
+
+
+def test_prefs_prompts_are_apart_from_sft_and_test():
+    from tasks.instruct import build_splits
+    from tasks.params import InstructParams
+
+    p = InstructParams(n_train_per_family=30, n_prefs_per_family=400, n_test_per_family=10)
+    splits = build_splits(p, seed=0)
+    keys = {s: {(e.family, e.prompt) for e in ex} for s, ex in splits.items()}
+    assert not keys["prefs"] & keys["train"] and not keys["prefs"] & keys["test"]
+    assert all(split_of(f, q) == "train" for f, q in keys["prefs"])
+    per_family = {f: sum(e.family == f for e in splits["prefs"]) for f in FAMILIES}
+    assert per_family["add"] == 400 and 0 < per_family["copy"] < 400  # copy runs out of words
+    # SFT's examples do not depend on how many prefs prompts are drawn
+    fewer = build_splits(p.model_copy(update={"n_prefs_per_family": 5}), seed=0)
+    assert [e.prompt for e in fewer["train"]] == [e.prompt for e in splits["train"]]
+    assert build_splits(p.model_copy(update={"n_prefs_per_family": 0}), seed=0)["prefs"] == []
+
+
 def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="split"):
         make_examples(0, 1, "val")
