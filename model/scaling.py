@@ -17,6 +17,7 @@ Leaves out: the joint L(N, D) fit (approach 3), which needs a denser grid than a
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -36,8 +37,12 @@ class PowerLaw:
     rmse_log: float = 0.0  # root mean square residual of log L at the fitted points
 
     @property
-    def x_c(self) -> float:
-        return self.scale ** (1.0 / self.alpha)
+    def x_c(self) -> float | None:
+        """x_c = A^(1/alpha); None where that is no finite float (alpha near 0, say)."""
+        if not (self.alpha > 0 and self.scale > 0):
+            return None
+        log_x_c = math.log(self.scale) / self.alpha
+        return math.exp(log_x_c) if log_x_c < math.log(sys.float_info.max) else None
 
     def predict(self, x) -> np.ndarray:
         return self.E + self.scale * np.asarray(x, dtype=np.float64) ** -self.alpha

@@ -163,3 +163,10 @@ def test_compute_optimal_by_fitted_law_spends_the_budget():
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="compute budget"):
             scaling.compute_optimal(bad)
+
+
+def test_law_with_a_tiny_exponent_has_no_finite_x_c_but_still_serialises():
+    flat = scaling.PowerLaw(alpha=1e-3, scale=7.0)  # x_c = 7^1000 overflows a float
+    assert flat.x_c is None and flat.to_dict()["x_c"] is None
+    assert scaling.PowerLaw(alpha=0.5, scale=10.0).x_c == pytest.approx(100.0)
+    assert flat.predict([10.0])[0] == pytest.approx(7.0 * 10.0**-1e-3)
