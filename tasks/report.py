@@ -227,6 +227,11 @@ def headline(m: dict) -> list[tuple[str, str, str]]:
         ),
         ("reward", "held-out pairwise accuracy", fmt(number(r, "pairwise_accuracy"), "{:.1%}")),
         (
+            "reward",
+            "same pairs ranked by the SFT policy's likelihood",
+            fmt(number(r, "policy_loglik_accuracy"), "{:.1%}"),
+        ),
+        (
             "ppo",
             "test accuracy: SFT -> PPO",
             pair(

@@ -1,7 +1,7 @@
 """reward stage: a reward model on the SFT backbone, trained on preference pairs.
 
 Pairs (`reward.pairs`):
-- `sampled` (default): the SFT policy answers each train prompt `samples_per_prompt` times at
+- `sampled` (default): the SFT policy answers each prefs prompt `samples_per_prompt` times at
   `sample_temperature`; the task checkers label each answer. A pair is (correct, incorrect) for
   the same prompt. Where the policy never gets a prompt right, the reference answer is the
   chosen side (so hard families, which the policy mostly fails, still teach the model what a
@@ -12,8 +12,10 @@ Pairs (`reward.pairs`):
   holds out `eval_fraction` of them.
 The model is `model.reward.ScalarHeadModel` from the SFT weights, trained with the
 Bradley-Terry loss through the shared loop (tasks/training.py). Its scores are then normalised
-to mean 0, std 1 on fresh policy samples of the train prompts (offset and scale are buffers in
-the weights and are repeated in config.json).
+to mean 0, std 1 on fresh policy samples of the prefs prompts (offset and scale are buffers in
+the weights and are repeated in config.json). As a yardstick, the held-out pairs are also
+ranked by the SFT policy's own likelihood of each response (`policy_loglik_accuracy`): what
+the backbone already knows about a pair.
 
     python -m tasks.reward
 Writes out/reward/ (model.safetensors, config.json, tokenizer.json, pairs.jsonl: the train
@@ -39,7 +41,7 @@ from torch import nn
 from model.chat import encode_prompt, respond
 from model.gpt import GPTConfig
 from model.instruct import Example, check, reference_answer
-from model.ppo import pack
+from model.ppo import logprobs_from_logits, pack, sequence_logits
 from model.reward import ScalarHeadModel, bradley_terry_loss, pairwise_accuracy
 from model.tokenizer import Tokenizer
 from tasks import tracking
@@ -267,6 +269,32 @@ def score_responses(
     return torch.cat(out)
 
 
+@torch.no_grad()
+def response_logprob(policy, pairs: list[Pair], side: str, pad_id: int, device, batch_size=64):
+    """Summed log-probability (N,) of each pair's `side` ("chosen" / "rejected") response."""
+    out = []
+    for i in range(0, len(pairs), batch_size):
+        chunk = pairs[i : i + batch_size]
+        responses = [getattr(q, side) for q in chunk]
+        tokens, attn, act = pack([q.prompt for q in chunk], responses, pad_id, device)
+        logp = logprobs_from_logits(sequence_logits(policy, tokens, attn), tokens[:, 1:])
+        out.append((logp * act).sum(dim=1))
+    return torch.cat(out)
+
+
+def loglik_baseline(policy, held: list[Pair], pad_id: int, device) -> dict:
+    """How often the SFT policy itself gives the chosen response the higher likelihood: the
+    yardstick for the reward model (it shows what the backbone already knows about a pair)."""
+    policy.eval()
+    chosen = response_logprob(policy, held, "chosen", pad_id, device)
+    rejected = response_logprob(policy, held, "rejected", pad_id, device)
+    out = {"policy_loglik_accuracy": pairwise_accuracy(chosen, rejected)}
+    keep = torch.tensor([q.source == "sampled" for q in held], device=chosen.device)
+    if keep.any():
+        out["policy_loglik_accuracy_sampled"] = pairwise_accuracy(chosen[keep], rejected[keep])
+    return out
+
+
 def load_reward_model(path: str | Path = OUT_DIR, device="cpu") -> ScalarHeadModel:
     """The reward model of a reward-stage folder (weights with offset/scale, config.json)."""
     path = Path(path)
@@ -364,6 +392,7 @@ def main() -> None:
     policy = load_checkpoint(SFT_DIR, device).eval()
     t0 = time.perf_counter()
     data = build_pairs(policy, tok, params, device) | {"pad_id": tok.pad_id}
+    data["baseline"] = loglik_baseline(policy, data["held"], tok.pad_id, device)
     sample_seconds = time.perf_counter() - t0
     log.info(
         "reward: %d train / %d held-out pairs (%d with the reference as chosen) in %.1fs",
@@ -393,7 +422,7 @@ def finish(rm, tok, data, params, loop, device, train_seconds: float, sample_sec
     rm.eval()
     prompts, responses = zip(*data["samples"], strict=True)
     rm.set_normalisation(score_responses(rm, list(prompts), list(responses), pad, device, raw=True))
-    metrics = held_out_metrics(rm, data, pad, device)
+    metrics = held_out_metrics(rm, data, pad, device) | data.get("baseline", {})
     metrics |= {
         "train_pairs": len(data["train"]),
         "reference_chosen_pairs": sum(q.source == "reference" for q in data["train"]),
@@ -433,10 +462,12 @@ def finish(rm, tok, data, params, loop, device, train_seconds: float, sample_sec
     by_family = metrics["pairwise_accuracy_by_family"]
     log.info("reward: held-out pairwise accuracy by family %s", by_family)
     log.info(
-        "reward: held-out pairwise accuracy %.3f on %d pairs (%s)",
+        "reward: held-out pairwise accuracy %.3f on %d pairs (%s); the SFT policy's own "
+        "likelihood ranks %.3f of them right",
         metrics["pairwise_accuracy"],
         metrics["eval_pairs"],
         ", ".join(by_source),
+        metrics.get("policy_loglik_accuracy", float("nan")),
     )
 
 

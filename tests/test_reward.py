@@ -97,6 +97,26 @@ def write_lines(path, lines: list[str]):
     return path
 
 
+def test_response_logprob_sums_the_response_tokens_whatever_the_padding():
+    from model.gpt import GPT
+    from tasks.reward import Pair, loglik_baseline, response_logprob
+
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=40, block_size=32, n_layer=2, n_head=2, n_embd=16)).eval()
+    pairs = [
+        Pair([1, 2, 3], [4, 5], [6], "f", "sampled"),
+        Pair([7], [8, 9, 10], [11, 12], "f", "x"),
+    ]
+    got = response_logprob(gpt, pairs, "chosen", pad_id=0, device="cpu")
+    for q, value in zip(pairs, got, strict=True):
+        row = torch.tensor([q.prompt + q.chosen])
+        logp = torch.log_softmax(gpt(row)[0][0].float(), dim=-1)
+        want = sum(logp[len(q.prompt) - 1 + i, t] for i, t in enumerate(q.chosen))
+        assert value.item() == pytest.approx(want.item(), abs=1e-5)
+    out = loglik_baseline(gpt, pairs, pad_id=0, device="cpu")
+    assert 0 <= out["policy_loglik_accuracy"] <= 1 and "policy_loglik_accuracy_sampled" in out
+
+
 def test_pairs_loader_reads_records(tmp_path):
     rec = {"prompt": "Say hi", "chosen": "hi", "rejected": "bye"}
     path = write_lines(tmp_path / "p.jsonl", [json.dumps(rec), "", json.dumps(rec)])
