@@ -23,9 +23,10 @@ def test_user_files_join_the_splits(tmp_path):
         families=["copy"], n_train_per_family=5, n_test_per_family=2, files=[str(alpaca), str(chat)]
     )
     splits = build_splits(p, seed=0)
-    families = [ex.family for s in splits.values() for ex in s]
+    families = [ex.family for s in ("train", "test") for ex in splits[s]]
     assert families.count("copy") == 7 and families.count("alpaca") == 40
     assert families.count("chat") == 1
+    assert {ex.family for ex in splits["prefs"]} == {"copy"}  # generated prompts only
     assert {ex.family for ex in splits["test"]} >= {"copy", "alpaca"}  # 40 records: some test
     # round trip through the stage's files
     write_examples(tmp_path / "train.jsonl", splits["train"])
