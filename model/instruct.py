@@ -314,28 +314,38 @@ def load_alpaca(path: str | Path) -> list[Example]:
     return out
 
 
-def load_chat_jsonl(path: str | Path) -> list[Example]:
-    """Chat JSONL: one {"messages": [...]} per line, ending with an assistant turn.
+def read_jsonl(path: str | Path, missing: str) -> list[tuple[str, object]]:
+    """(where, record) for each non-blank line of a JSONL file, `where` being "file:line".
 
-    The last assistant turn becomes the answer; earlier turns (assistant ones included) are the
-    context, and SFT trains on every assistant turn.
+    A missing file is FileNotFoundError "<path>: <missing>"; text that is not UTF-8, or a line
+    that is not JSON, is a ValueError naming the file (and line).
     """
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"{path}: chat JSONL file not found") from e
+        raise FileNotFoundError(f"{path}: {missing}") from e
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text ({e})") from e
     out = []
     for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        where = f"{path}:{n}"
         try:
-            rec = json.loads(line)
+            out.append((f"{path}:{n}", json.loads(line)))
         except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: not valid JSON ({e})") from e
+            raise ValueError(f"{path}:{n}: not valid JSON ({e})") from e
+    return out
+
+
+def load_chat_jsonl(path: str | Path) -> list[Example]:
+    """Chat JSONL: one {"messages": [...]} per line, ending with an assistant turn.
+
+    The last assistant turn becomes the answer; earlier turns (assistant ones included) are the
+    context, and SFT trains on every assistant turn.
+    """
+    out = []
+    for where, rec in read_jsonl(path, "chat JSONL file not found"):
         if not isinstance(rec, dict) or "messages" not in rec:
             raise ValueError(f"{where}: expected an object with a 'messages' list")
         messages = _check_messages(rec["messages"], where)

@@ -22,7 +22,14 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from model.instruct import Example, load_alpaca, load_chat_jsonl, make_examples, split_of
+from model.instruct import (
+    Example,
+    load_alpaca,
+    load_chat_jsonl,
+    make_examples,
+    read_jsonl,
+    split_of,
+)
 from tasks import tracking
 from tasks.common import log, run_stage
 from tasks.io import METRICS, OUT, atomic_dir, write_json
@@ -102,20 +109,8 @@ def write_examples(path: Path, examples: list[Example]) -> None:
 def read_examples(split: str, root: str | Path = OUT_DIR) -> list[Example]:
     """The examples of a split written by this stage (train, prefs or test)."""
     path = Path(root) / f"{split}.jsonl"
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"{path}: missing; run the instruct stage first") from e
-    out = []
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not valid JSON ({e})") from e
-        out.append(Example.from_dict(record, f"{path}:{n}"))
-    return out
+    records = read_jsonl(path, "missing; run the instruct stage first")
+    return [Example.from_dict(record, where) for where, record in records]
 
 
 def counts(splits: dict[str, list[Example]]) -> dict:

@@ -40,7 +40,7 @@ from torch import nn
 
 from model.chat import encode_prompt, respond
 from model.gpt import GPTConfig
-from model.instruct import Example, check, reference_answer
+from model.instruct import Example, check, read_jsonl, reference_answer
 from model.ppo import logprobs_from_logits, pack, sequence_logits
 from model.reward import ScalarHeadModel, bradley_terry_loss, pairwise_accuracy
 from model.tokenizer import Tokenizer
@@ -154,28 +154,16 @@ def per_family(examples: list[Example], n: int) -> list[Example]:
 
 def load_pairs_jsonl(path: str | Path) -> list[dict]:
     """{"prompt", "chosen", "rejected"} records of a JSONL file; ValueError naming file:line."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"{path}: preference pairs file not found") from e
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text ({e})") from e
-    records = []
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        records.append(_pair_record(line, f"{path}:{n}"))
+    records = [
+        _pair_record(rec, where)
+        for where, rec in read_jsonl(path, "preference pairs file not found")
+    ]
     if not records:
         raise ValueError(f"{path}: no preference pairs")
     return records
 
 
-def _pair_record(line: str, where: str) -> dict:
-    try:
-        rec = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: not valid JSON ({e})") from e
+def _pair_record(rec, where: str) -> dict:
     keys = ("prompt", "chosen", "rejected")
     if not isinstance(rec, dict) or set(rec) != set(keys):
         got = sorted(rec) if isinstance(rec, dict) else type(rec).__name__
