@@ -43,18 +43,24 @@ def read_config(path: str | Path) -> dict:
         raise ValueError(f"{file}: corrupt checkpoint config ({e})") from e
 
 
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> GPT:
-    """Rebuild the GPT of a checkpoint folder; clear errors for a missing or corrupt file."""
+def load_checkpoint(
+    path: str | Path,
+    device: torch.device | str = "cpu",
+    model_class: type[torch.nn.Module] = GPT,
+    missing: str = "missing weights",
+):
+    """Rebuild the model of a checkpoint folder (a GPT, or another class built from a
+    GPTConfig, such as the reward model); clear errors for a missing or corrupt file."""
     path = Path(path)
     config = read_config(path)
     try:
-        model = GPT(GPTConfig.from_dict(config["model"]))
+        model = model_class(GPTConfig.from_dict(config["model"]))
     except (KeyError, TypeError) as e:
         raise ValueError(f"{path / CONFIG_FILE}: no valid 'model' config ({e})") from e
     try:
         load_model(model, str(path / MODEL_FILE), strict=True, device=str(device))
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"{path / MODEL_FILE}: missing weights") from e
+        raise FileNotFoundError(f"{path / MODEL_FILE}: {missing}") from e
     except (SafetensorError, RuntimeError, OSError) as e:
         raise ValueError(f"{path / MODEL_FILE}: corrupt or mismatched weights ({e})") from e
     return model.to(device)

@@ -34,12 +34,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_model
 from torch import nn
 
 from model.chat import encode_prompt, respond
-from model.gpt import GPTConfig
 from model.instruct import Example, check, read_jsonl, reference_answer
 from model.ppo import logprobs_from_logits, pack, sequence_logits
 from model.reward import ScalarHeadModel, bradley_terry_loss, pairwise_accuracy
@@ -50,7 +47,6 @@ from tasks.checkpoint import (
     MODEL_FILE,
     TOKENIZER_FILE,
     load_checkpoint,
-    read_config,
     save_checkpoint,
 )
 from tasks.common import log, resolve_device, run_stage, seed_everything
@@ -285,19 +281,8 @@ def loglik_baseline(policy, held: list[Pair], pad_id: int, device) -> dict:
 
 def load_reward_model(path: str | Path = OUT_DIR, device="cpu") -> ScalarHeadModel:
     """The reward model of a reward-stage folder (weights with offset/scale, config.json)."""
-    path = Path(path)
-    config = read_config(path)
-    try:
-        model = ScalarHeadModel(GPTConfig.from_dict(config["model"]))
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"{path / CONFIG_FILE}: no valid 'model' config ({e})") from e
-    try:
-        load_model(model, str(path / MODEL_FILE), strict=True, device=str(device))
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"{path / MODEL_FILE}: missing; run the reward stage") from e
-    except (SafetensorError, RuntimeError, OSError) as e:
-        raise ValueError(f"{path / MODEL_FILE}: corrupt or mismatched weights ({e})") from e
-    return model.to(device).eval()
+    model = load_checkpoint(path, device, ScalarHeadModel, "missing; run the reward stage")
+    return model.eval()
 
 
 # ---------------------------------------------------------------------- stage
