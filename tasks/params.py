@@ -185,6 +185,9 @@ class PPOParams(Section):
     minibatch_size: int = Field(16, gt=0)
     ppo_epochs: int = Field(4, gt=0)
     max_new_tokens: int = Field(16, gt=0)
+    # model: the reward model's score (RLHF); checker: +1/-1 from the task checkers (a
+    # verifiable reward: the upper bound a perfect reward model would give)
+    reward: Literal["model", "checker"] = "model"
     temperature: float = Field(1.0, gt=0)  # sampling temperature; log-probs use the same
     lr: float = Field(2e-5, gt=0)  # policy
     value_lr: float = Field(1e-4, gt=0)

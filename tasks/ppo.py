@@ -8,6 +8,9 @@ never closed its turn); GAE (gamma, lam) and advantages whitened over real token
 `ppo_epochs` passes of shuffled minibatches of the clipped policy loss and the clipped value
 loss. Every model stays in eval mode (dropout off) throughout, while rollouts and updates run.
 The value model starts as the reward model (its score normalisation folded into the head).
+`ppo.reward: checker` swaps the reward model's score for the task checkers' verdict (+1 right,
+-1 wrong: a verifiable reward, and an upper bound on what a perfect reward model could give);
+the reward model still scores every rollout, so the two can be compared.
 True task accuracy comes from the checkers: on each rollout (sampled) and every `eval_interval`
 iterations on held-out test prompts (greedy, as the sft stage measures it), next to the
 reward-model score of the same responses, so reward hacking shows as a score that rises while
@@ -115,9 +118,20 @@ def sample(policy, tok, prompts: list[list[int]], p: PPOParams, seed: int) -> li
     return [r or [tok.end_id] for r in responses]  # max_new_tokens >= 1: never empty
 
 
+def checker_scores(hits: list[bool], device) -> torch.Tensor:
+    """The checkers' verdicts as scores (B,): +1 right, -1 wrong (the reward model's scores have
+    mean 0 and std 1 on policy samples, so both live on the same scale)."""
+    return torch.tensor([1.0 if h else -1.0 for h in hits], device=device)
+
+
 @torch.no_grad()
-def score_rollout(models: dict, tok, prompts, responses, p: PPOParams, kl_coef: float, device):
-    """Log-probs, values, rewards and advantages of sampled responses; and per-row stats."""
+def score_rollout(
+    models: dict, tok, prompts, responses, p: PPOParams, kl_coef: float, device, scores=None
+):
+    """Log-probs, values, rewards and advantages of sampled responses; and per-row stats.
+
+    `scores` (B,), when given, is the reward in place of the reward model's score (which is
+    still computed and reported as `rm_score`)."""
     tokens, attn, action = pack(prompts, responses, tok.pad_id, device)
     targets = tokens[:, 1:]
     logits = sequence_logits(models["policy"], tokens, attn)
@@ -127,14 +141,15 @@ def score_rollout(models: dict, tok, prompts, responses, p: PPOParams, kl_coef: 
         sequence_logits(models["ref"], tokens, attn), targets, p.temperature
     )
     values = models["value"].values(tokens, attn)[:, :-1]
-    scores = models["reward"].score(tokens, attn)
+    rm_scores = models["reward"].score(tokens, attn)
+    scores = rm_scores if scores is None else scores
     ended = torch.tensor([r[-1] == tok.end_id for r in responses], device=device)
     rewards, given = shape_rewards(logp, ref_logp, action, scores, ended, kl_coef, p.no_end_penalty)
     advantages, returns = gae(rewards, values, action, p.gamma, p.lam)
     advantages = masked_whiten(advantages, action)
     rollout = Rollout(tokens, attn, action, logp, values, advantages, returns)
     per_row = {
-        "rm_score": scores,
+        "rm_score": rm_scores,
         "kl": (kl_k1(logp, ref_logp) * action).sum(1),
         "kl_k3": (kl_k3(logp, ref_logp) * action).sum(1),
         "entropy": masked_mean(entropy, action, dim=1),
@@ -200,15 +215,27 @@ def step(optimizer, model, loss: torch.Tensor, grad_clip: float) -> None:
 
 
 def evaluate(policy, reward_model, tok, examples: list[Example], p: PPOParams, device) -> dict:
-    """Greedy responses to held-out prompts: accuracy per family and their mean RM score."""
+    """Greedy responses to held-out prompts: accuracy per family and their mean RM score; and
+    the accuracy of responses sampled at the rollout temperature (one per prompt, fixed seed),
+    which moves with the policy's entropy where the greedy answer does not."""
     convs = [list(ex.messages) for ex in examples]
     out = respond(policy, tok, convs, p.max_new_tokens, batch_size=p.eval_batch_size)
     prompts = [encode_prompt(tok, c) for c in convs]
     responses = [list(r.ids) or [tok.end_id] for r in out]
     scores = score_responses(reward_model, prompts, responses, tok.pad_id, device)
     accuracy = exact_match_by_family(examples, [r.text for r in out])  # as the sft stage
+    sampled = respond(
+        policy,
+        tok,
+        convs,
+        p.max_new_tokens,
+        temperature=p.temperature,
+        seed=0,
+        batch_size=p.eval_batch_size,
+    )
     return {
         "accuracy": accuracy,
+        "sampled_accuracy": exact_match_by_family(examples, [r.text for r in sampled])["all"],
         "rm_score": scores.mean().item(),
         "end_rate": float(np.mean([r.ended for r in out])),
         "transcripts": [(ex.prompt, r.text) for ex, r in zip(examples, out, strict=True)],
@@ -245,9 +272,10 @@ def iteration(it, models, optimizers, kl_ctl, tok, pool, params, gen, device) ->
     ]
     prompts = [encode_prompt(tok, list(ex.messages)) for ex in batch]
     responses = sample(models["policy"], tok, prompts, p, seed=params.seed * 100003 + it)
-    rollout, stats = score_rollout(models, tok, prompts, responses, p, kl_ctl.value, device)
     texts = [extract_response(tok, r) for r in responses]  # (text, ended)
     hits = [check(ex, text) for ex, (text, _) in zip(batch, texts, strict=True)]
+    scores = checker_scores(hits, device) if p.reward == "checker" else None
+    rollout, stats = score_rollout(models, tok, prompts, responses, p, kl_ctl.value, device, scores)
     stats["accuracy"] = float(np.mean(hits))
     stats["kl_coef"] = kl_ctl.value
     stats |= ppo_update(models, optimizers, rollout, p, gen)
@@ -325,15 +353,17 @@ def log_eval(it: int, result: dict) -> None:
     tracking.log_metrics(
         {
             "test/accuracy": result["accuracy"]["all"],
+            "test/sampled_accuracy": result["sampled_accuracy"],
             "test/rm_score": result["rm_score"],
             "test/end_rate": result["end_rate"],
         },
         step=it,
     )
     log.info(
-        "ppo | iter %d | held-out accuracy %.3f | RM score %+.3f | end rate %.2f",
+        "ppo | iter %d | held-out accuracy %.3f (sampled %.3f) | RM score %+.3f | end rate %.2f",
         it,
         result["accuracy"]["all"],
+        result["sampled_accuracy"],
         result["rm_score"],
         result["end_rate"],
     )
@@ -347,6 +377,8 @@ def finish(policy, tok, params, before, after, history, evals, seconds: float) -
         "sft_test_accuracy": before["accuracy"]["all"],
         "ppo_test_accuracy": after["accuracy"]["all"],
         "test_accuracy_gain": after["accuracy"]["all"] - before["accuracy"]["all"],
+        "sft_test_sampled_accuracy": before["sampled_accuracy"],
+        "ppo_test_sampled_accuracy": after["sampled_accuracy"],
         "sft_test_rm_score": before["rm_score"],
         "ppo_test_rm_score": after["rm_score"],
         "sft_test_end_rate": before["end_rate"],
@@ -410,13 +442,12 @@ def write_plots(history: list, evals: list) -> None:
     rows = [f"{it}," + ",".join(f"{s[k]:.6f}" for k in TRAIN_COLUMNS) for it, s in history]
     write_text(PLOTS / "ppo" / "train.csv", "\n".join([header, *rows]) + "\n")
     rows = [
-        f"{it},{r['accuracy']['all']:.6f},{r['rm_score']:.6f},{r['end_rate']:.6f}"
+        f"{it},{r['accuracy']['all']:.6f},{r['sampled_accuracy']:.6f},{r['rm_score']:.6f},"
+        f"{r['end_rate']:.6f}"
         for it, r in evals
     ]
-    write_text(
-        PLOTS / "ppo" / "eval.csv",
-        "\n".join(["step,test_accuracy,test_rm_score,test_end_rate", *rows]) + "\n",
-    )
+    header = "step,test_accuracy,test_sampled_accuracy,test_rm_score,test_end_rate"
+    write_text(PLOTS / "ppo" / "eval.csv", "\n".join([header, *rows]) + "\n")
 
 
 if __name__ == "__main__":

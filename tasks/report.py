@@ -242,6 +242,28 @@ def headline(m: dict) -> list[tuple[str, str, str]]:
                 " -> ",
             ),
         ),
+        (
+            "ppo",
+            "test accuracy sampled at the rollout temperature: SFT -> PPO",
+            pair(
+                number(ppo, "sft_test_sampled_accuracy"),
+                number(ppo, "ppo_test_sampled_accuracy"),
+                "{:.1%}",
+                "{:.1%}",
+                " -> ",
+            ),
+        ),
+        (
+            "ppo",
+            "test reward-model score: SFT -> PPO",
+            pair(
+                number(ppo, "sft_test_rm_score"),
+                number(ppo, "ppo_test_rm_score"),
+                "{:+.2f}",
+                "{:+.2f}",
+                " -> ",
+            ),
+        ),
         ("ppo", "final KL to reference", fmt(number(ppo, "final_kl"), "{:.3f}")),
     ]
     rows += quantize_rows(m.get("quantize", {}))

@@ -301,7 +301,8 @@ def test_reward_and_ppo_stages_on_quick_profile(quick_pretrained, tmp_path):
     assert rm.scale.item() == pytest.approx(reward["score_scale"], rel=1e-4)
 
     ppo = json.loads((repo / "metrics" / "ppo.json").read_text())
-    for key in ("sft_test_accuracy", "ppo_test_accuracy", "sft_test_rm_score", "final_kl"):
+    keys = ("sft_test_accuracy", "ppo_test_accuracy", "ppo_test_sampled_accuracy", "final_kl")
+    for key in (*keys, "sft_test_rm_score"):
         assert math.isfinite(ppo[key])
     assert ppo["test_accuracy_gain"] == pytest.approx(
         ppo["ppo_test_accuracy"] - ppo["sft_test_accuracy"], abs=1e-4
@@ -353,3 +354,35 @@ def test_stage_rollout_has_zero_kl_and_unit_ratio_on_minibatches():
         _, st = policy_loss(logp, mb.logp, mb.advantages, mb.action_mask)
         assert st["ratio"].item() == pytest.approx(1.0, abs=1e-5)
         assert st["clip_frac"].item() == 0.0
+
+
+def test_checker_reward_replaces_the_score_and_the_rm_score_is_still_reported():
+    """ppo.reward: checker gives +1 / -1 by the checkers' verdict at the last real token (minus
+    the no-end penalty), while `rm_score` stays the reward model's own score."""
+    from types import SimpleNamespace
+
+    from model.reward import ScalarHeadModel
+    from tasks.ppo import checker_scores, freeze, score_rollout, value_model_from_reward
+
+    policy = tiny_gpt()
+    torch.manual_seed(1)
+    rm = freeze(ScalarHeadModel(policy.config))
+    models = {
+        "policy": policy,
+        "ref": freeze(copy.deepcopy(policy)),
+        "reward": rm,
+        "value": value_model_from_reward(rm),
+    }
+    tok = SimpleNamespace(pad_id=0, end_id=11)
+    p = SimpleNamespace(temperature=1.0, no_end_penalty=0.5, gamma=1.0, lam=0.95)
+    prompts = [[1, 2, 3], [4, 5], [6, 7, 8]]
+    responses = [[13, 11], [15, 16], [17, 11]]  # the second never ends
+    scores = checker_scores([True, True, False], "cpu")
+    torch.testing.assert_close(scores, torch.tensor([1.0, 1.0, -1.0]))
+
+    _, with_rm = score_rollout(models, tok, prompts, responses, p, 0.0, "cpu")
+    _, with_checker = score_rollout(models, tok, prompts, responses, p, 0.0, "cpu", scores)
+    assert with_checker["reward"] == pytest.approx((1.0 + 0.5 - 1.0) / 3)
+    assert with_checker["rm_score"] == pytest.approx(with_rm["rm_score"])
+    tokens, attn, _ = pack(prompts, responses, 0)
+    assert with_rm["rm_score"] == pytest.approx(rm.score(tokens, attn).mean().item())

@@ -32,7 +32,15 @@ FULL = {
     },
     "sft": {"base": {"exact_match": {"all": 0.0}}, "sft": {"exact_match": {"all": 0.6}}},
     "reward": {"pairwise_accuracy": 0.9},
-    "ppo": {"sft_test_accuracy": 0.6, "ppo_test_accuracy": 0.7, "final_kl": 0.2},
+    "ppo": {
+        "sft_test_accuracy": 0.6,
+        "ppo_test_accuracy": 0.7,
+        "sft_test_sampled_accuracy": 0.4,
+        "ppo_test_sampled_accuracy": 0.5,
+        "sft_test_rm_score": 0.1,
+        "ppo_test_rm_score": 0.9,
+        "final_kl": 0.2,
+    },
     "quantize": {
         "pretrain": {
             "fp32": {"val_perplexity": 60.0},
@@ -54,6 +62,7 @@ def test_full_metrics_every_row_has_a_verdict():
     assert report.counts(rows)["not run"] == 0
     assert "+0.40% (pretrain, int8-channel)" in text
     assert "60.0% -> 70.0%" in text  # PPO accuracy headline
+    assert "40.0% -> 50.0%" in text and "+0.10 -> +0.90" in text  # sampled accuracy, RM score
     assert "| held-out prediction error | 3.0% |" in text  # the scaling fit's held-out check
     assert "`abc`" in text
     assert "n \\| with a pipe" in text  # a pipe in a note does not break the table
