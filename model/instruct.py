@@ -268,6 +268,34 @@ def check(example: Example, response: str) -> bool:
     return response.strip() == reference_answer(example).strip()
 
 
+def near_misses(example: Example, rng: random.Random, n: int) -> list[str]:
+    """Up to n distinct wrong answers shaped like the right one, which the checker rejects:
+    a number off by 1, 2, 10 or 100; a list answer in another order; another word of the
+    prompt's list; a word in the wrong case. They are the mistakes a policy makes (the second
+    word for the first, 725 for 726), made on any number of prompts without sampling, so a
+    reward model can learn to check the answer instead of recalling one prompt's answer.
+    Loaded data (no args) has none.
+    """
+    if example.family not in FAMILIES or not example.args:
+        return []
+    answer, args = reference_answer(example), example.args
+    if answer.isdigit():
+        value = int(answer)
+        wrong = [str(value + d) for d in (1, -1, 2, -2, 10, -10, 100, -100) if value + d >= 0]
+    elif "words" in args and " " in answer:  # a list answer: the same words, reordered
+        wrong = [" ".join(args["words"])]
+        for _ in range(4 * n):
+            wrong.append(" ".join(rng.sample(args["words"], len(args["words"]))))
+    elif "words" in args:  # one word of a list: the others
+        wrong = list(args["words"])
+    else:  # one word, maybe transformed: the word in other cases
+        word = args["word"]
+        wrong = [word, word.upper(), word.capitalize(), word.upper()[:-1], word + word[-1]]
+    wrong = [w for w in dict.fromkeys(wrong) if not check(example, w)]
+    rng.shuffle(wrong)
+    return wrong[:n]
+
+
 def exact_match_by_family(examples: list[Example], responses: list[str]) -> dict[str, float]:
     """Share of responses that `check` accepts, per family (and "all" over every example)."""
     if len(examples) != len(responses):

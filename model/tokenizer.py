@@ -47,10 +47,19 @@ GPT4_SPLIT_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
     r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
 )
+# The same with one digit a chunk, as Llama's and DeepSeek's tokenizers split numbers: every
+# number is its digits, so the successor of 537 or a sum takes the same steps for any number
+# instead of one fact per multi-digit token ("5" "38" after "5" "3" "7" with the split above).
+GPT4_DIGITS_SPLIT_PATTERN = GPT4_SPLIT_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}")
 # The GPT-2 split, used by HF's ByteLevel pre-tokenizer when its `use_regex` is on.
 GPT2_SPLIT_PATTERN = (
     r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 )
+SPLIT_PATTERNS = {
+    "gpt4-digits": GPT4_DIGITS_SPLIT_PATTERN,
+    "gpt4": GPT4_SPLIT_PATTERN,
+    "gpt2": GPT2_SPLIT_PATTERN,
+}
 DEFAULT_SPECIAL_TOKENS = (
     "<|endoftext|>",
     "<|pad|>",

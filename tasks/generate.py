@@ -115,9 +115,14 @@ def chat(model, tok: Tokenizer, args) -> None:
         messages.append({"role": "user", "content": line})
         prompt = fit_context(tok, messages, room)
         write("assistant> ")
-        reply = "".join(write(t) or t for t in stream_text(model, tok, prompt, tok.end_id, args))
+        parts: list[str] = []
+        for text in stream_text(model, tok, prompt, tok.end_id, args):
+            if not parts:
+                text = text.removeprefix(" ")  # the chat template's dummy-prefix space
+            parts.append(text)
+            write(text)
         write("\n")
-        messages.append({"role": "assistant", "content": reply})
+        messages.append({"role": "assistant", "content": "".join(parts)})
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -49,6 +49,9 @@ class DataParams(Section):
 
 class TokenizerParams(Section):
     vocab_size: int = Field(4096, ge=264, le=2**20)  # total, special tokens included
+    # pre-tokenizer split (model/tokenizer.py SPLIT_PATTERNS): GPT-4's with one digit a chunk,
+    # GPT-4's (1-3 digits), or GPT-2's
+    split: Literal["gpt4-digits", "gpt4", "gpt2"] = "gpt4-digits"
 
 
 class ModelParams(Section):
@@ -135,12 +138,16 @@ class InstructParams(Section):
 
     @model_validator(mode="after")
     def _known_families(self) -> InstructParams:
-        from model.instruct import FAMILIES
-
-        unknown = [f for f in self.families or [] if f not in FAMILIES]
-        if unknown:
-            raise ValueError(f"unknown families {unknown}; known: {list(FAMILIES)}")
+        check_families(self.families)
         return self
+
+
+def check_families(families: list[str] | None) -> None:
+    from model.instruct import FAMILIES
+
+    unknown = [f for f in families or [] if f not in FAMILIES]
+    if unknown:
+        raise ValueError(f"unknown families {unknown}; known: {list(FAMILIES)}")
 
 
 class SFTParams(LoopParams):
@@ -164,6 +171,8 @@ class RewardParams(LoopParams):
     samples_per_prompt: int = Field(4, ge=2)
     pairs_per_prompt: int = Field(2, gt=0)
     swapped_per_prompt: int = Field(4, ge=0)  # pairs vs another prompt's answer (train only)
+    near_prompts_per_family: int = Field(0, ge=0)  # prefs prompts given near-miss pairs
+    near_per_prompt: int = Field(3, ge=0)  # (reference, near miss) pairs each (train only)
     sample_temperature: float = Field(1.0, gt=0)
     max_new_tokens: int = Field(16, gt=0)
     generation_batch_size: int = Field(128, gt=0)
@@ -179,6 +188,7 @@ class PPOParams(Section):
     """tasks/ppo.py: PPO against the reward model with a KL penalty to the SFT reference."""
 
     prompts_per_family: int = Field(200, gt=0)  # prefs prompts the rollouts draw from
+    families: list[str] | None = None  # families the rollouts draw from (null = all)
     eval_prompts_per_family: int = Field(50, gt=0)  # held-out test prompts (greedy accuracy)
     iterations: int = Field(60, gt=0)  # rollout + update rounds
     rollout_batch: int = Field(64, gt=0)  # prompts (one response each) per rollout
@@ -206,6 +216,11 @@ class PPOParams(Section):
     eval_interval: int = Field(20, gt=0)  # iterations between held-out evaluations
     eval_batch_size: int = Field(128, gt=0)
     log_interval: int = Field(5, gt=0)
+
+    @model_validator(mode="after")
+    def _known_families(self) -> PPOParams:
+        check_families(self.families)
+        return self
 
 
 class QuantSchemeParams(Section):

@@ -297,7 +297,10 @@ def main() -> None:
     p, device = params.ppo, resolve_device(params.device)
     seed_everything(params.seed)
     tok = Tokenizer.load(SFT_DIR / TOKENIZER_FILE)
-    pool = per_family(read_prompts(), p.prompts_per_family)
+    pool = [ex for ex in read_prompts() if p.families is None or ex.family in p.families]
+    pool = per_family(pool, p.prompts_per_family)
+    if not pool:
+        raise ValueError(f"ppo.families: no prefs prompts of {p.families} (see instruct.families)")
     test = per_family(read_examples("test"), p.eval_prompts_per_family)
     models = load_models(device)
     check_lengths(pool + test, tok, models["policy"].config.block_size, p)

@@ -5,8 +5,11 @@ Pairs (`reward.pairs`):
   `sample_temperature`; the task checkers label each answer. A pair is (correct, incorrect) for
   the same prompt. Where the policy never gets a prompt right, the reference answer is the
   chosen side (so hard families, which the policy mostly fails, still teach the model what a
-  right answer looks like); where it never gets one wrong, the prompt gives no pair. Held-out
-  pairs are built the same way on test prompts.
+  right answer looks like); where it never gets one wrong, the prompt gives no pair. Two more
+  kinds of train pairs: swapped (another prompt's answer rejected) and near misses (a wrong
+  answer shaped like the right one, on `near_prompts_per_family` prompts per family, too many
+  to memorise). Held-out pairs are two policy samples of a test prompt, as the issue defines
+  them; test pairs with the reference as chosen are scored apart (`*_reference`).
 - `jsonl`: `pairs_file` with one {"prompt", "chosen", "rejected"} object per line (the prompt is
   one user turn; responses are assistant text, closed with <|end|> here). A hash of the prompt
   holds out `eval_fraction` of them.
@@ -36,8 +39,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.chat import encode_prompt, respond
-from model.instruct import Example, check, read_jsonl, reference_answer
+from model.chat import encode_prompt, encode_turn, extract_response, respond
+from model.instruct import Example, check, near_misses, read_jsonl, reference_answer
 from model.ppo import logprobs_from_logits, pack, sequence_logits
 from model.reward import ScalarHeadModel, bradley_terry_loss, pairwise_accuracy
 from model.tokenizer import Tokenizer
@@ -73,11 +76,6 @@ class Pair:
 # ---------------------------------------------------------------------- pairs
 
 
-def answer_ids(tok: Tokenizer, text: str) -> list[int]:
-    """An assistant response as the policy would emit it: text then <|end|>."""
-    return tok.encode(text) + [tok.end_id]
-
-
 def sample_by_prompt(policy, tok, examples: list[Example], p: RewardParams, seed: int) -> list:
     """`samples_per_prompt` sampled responses per example, grouped: list (per example) of
     lists of (ids, correct)."""
@@ -108,7 +106,7 @@ def pairs_from_samples(tok, examples: list[Example], groups: list, per_prompt: i
         bad = _distinct([ids for ids, ok in group if not ok])
         source = "sampled"
         if not good:
-            good, source = [answer_ids(tok, reference_answer(ex))], "reference"
+            good, source = [encode_turn(tok, reference_answer(ex))], "reference"
         for i, rejected in enumerate(bad[:per_prompt]):
             pairs.append(Pair(prompt, good[i % len(good)], rejected, ex.family, source))
     return pairs
@@ -128,8 +126,27 @@ def swapped_pairs(tok, examples: list[Example], per_prompt: int, seed: int) -> l
         prompt, chosen = encode_prompt(tok, list(ex.messages)), reference_answer(ex)
         others = [o for o in by_family[ex.family] if not check(ex, reference_answer(o))]
         for other in rng.sample(others, min(per_prompt, len(others))):
-            rejected = answer_ids(tok, reference_answer(other))
-            pairs.append(Pair(prompt, answer_ids(tok, chosen), rejected, ex.family, "swapped"))
+            rejected = encode_turn(tok, reference_answer(other))
+            pairs.append(Pair(prompt, encode_turn(tok, chosen), rejected, ex.family, "swapped"))
+    return pairs
+
+
+def near_miss_pairs(tok, examples: list[Example], per_prompt: int, seed: int) -> list[Pair]:
+    """(reference, near miss) pairs: the rejected side is a wrong answer shaped like the right
+    one (`model.instruct.near_misses`: the second word for the first, 725 for 726). Made
+    without sampling, they can cover thousands of prompts per family, too many to memorise,
+    so the model has to learn to check the answer against the prompt; train only."""
+    rng = random.Random(seed)
+    pairs = []
+    for ex in examples:
+        wrong = near_misses(ex, rng, per_prompt)
+        if not wrong:
+            continue
+        prompt, chosen = (
+            encode_prompt(tok, list(ex.messages)),
+            encode_turn(tok, reference_answer(ex)),
+        )
+        pairs.extend(Pair(prompt, chosen, encode_turn(tok, w), ex.family, "near") for w in wrong)
     return pairs
 
 
@@ -180,7 +197,11 @@ def pairs_from_file(tok, records: list[dict], eval_fraction: float) -> tuple[lis
     for rec in records:
         prompt = encode_prompt(tok, [{"role": "user", "content": rec["prompt"]}])
         pair = Pair(
-            prompt, answer_ids(tok, rec["chosen"]), answer_ids(tok, rec["rejected"]), "file", "file"
+            prompt,
+            encode_turn(tok, rec["chosen"]),
+            encode_turn(tok, rec["rejected"]),
+            "file",
+            "file",
         )
         digest = hashlib.sha256(rec["prompt"].encode()).digest()
         (held if int.from_bytes(digest[:8], "big") < eval_fraction * 2**64 else train).append(pair)
@@ -268,15 +289,15 @@ def response_logprob(policy, pairs: list[Pair], side: str, pad_id: int, device, 
 
 def loglik_baseline(policy, held: list[Pair], pad_id: int, device) -> dict:
     """How often the SFT policy itself gives the chosen response the higher likelihood: the
-    yardstick for the reward model (it shows what the backbone already knows about a pair)."""
+    yardstick for the reward model (it shows what the backbone already knows about a pair),
+    on the same pairs as `pairwise_accuracy` (those whose chosen side is not the reference)."""
+    held = [q for q in held if q.source != "reference"]
+    if not held:
+        return {}
     policy.eval()
     chosen = response_logprob(policy, held, "chosen", pad_id, device)
     rejected = response_logprob(policy, held, "rejected", pad_id, device)
-    out = {"policy_loglik_accuracy": pairwise_accuracy(chosen, rejected)}
-    keep = torch.tensor([q.source == "sampled" for q in held], device=chosen.device)
-    if keep.any():
-        out["policy_loglik_accuracy_sampled"] = pairwise_accuracy(chosen[keep], rejected[keep])
-    return out
+    return {"policy_loglik_accuracy": pairwise_accuracy(chosen, rejected)}
 
 
 def load_reward_model(path: str | Path = OUT_DIR, device="cpu") -> ScalarHeadModel:
@@ -301,11 +322,14 @@ def build_pairs(policy, tok, params, device) -> dict:
         train_groups = sample_by_prompt(policy, tok, examples, p, seed)
         sample_acc = float("nan")
     else:
-        examples = per_family(read_prompts(), p.prompts_per_family)
+        prompts = read_prompts()
+        examples = per_family(prompts, p.prompts_per_family)
         test = per_family(read_examples("test"), p.eval_prompts_per_family)
         train_groups = sample_by_prompt(policy, tok, examples, p, seed)
         train = pairs_from_samples(tok, examples, train_groups, p.pairs_per_prompt)
         train += swapped_pairs(tok, examples, p.swapped_per_prompt, seed)
+        near = per_family(prompts, p.near_prompts_per_family)
+        train += near_miss_pairs(tok, near, p.near_per_prompt, seed)
         held_groups = sample_by_prompt(policy, tok, test, p, seed + 1)
         held = pairs_from_samples(tok, test, held_groups, p.pairs_per_prompt)
         sample_acc = float(np.mean([ok for g in train_groups for _, ok in g]))
@@ -323,7 +347,12 @@ def build_pairs(policy, tok, params, device) -> dict:
             f"reward: {len(train)} train and {len(held)} held-out pairs; the policy gets every "
             "sampled prompt right or wrong alike (raise samples_per_prompt or prompts_per_family)"
         )
-    return {"train": train, "held": held, "samples": samples, "sample_accuracy": sample_acc}
+    return {
+        "train": train,
+        "held": held,
+        "samples": samples,
+        "sample_accuracy": sample_acc,
+    }
 
 
 def make_loop(objective, data, params, device, run_id: str, fp: str) -> Loop:
@@ -400,6 +429,7 @@ def finish(rm, tok, data, params, loop, device, train_seconds: float, sample_sec
         "train_pairs": len(data["train"]),
         "reference_chosen_pairs": sum(q.source == "reference" for q in data["train"]),
         "swapped_pairs": sum(q.source == "swapped" for q in data["train"]),
+        "near_miss_pairs": sum(q.source == "near" for q in data["train"]),
         "policy_samples": len(data["samples"]),
         "policy_sample_accuracy": data["sample_accuracy"],
         "score_offset": rm.offset.item(),
@@ -427,39 +457,42 @@ def finish(rm, tok, data, params, loop, device, train_seconds: float, sample_sec
     tracking.log_metrics({f"final/{k}": v for k, v in flatten(metrics).items()})
     for path in (OUT_DIR / CONFIG_FILE, METRICS / "reward.json", OUT_DIR / "pairs.jsonl"):
         tracking.log_artifact(path)
-    by_source = [
-        f"{src} {metrics[f'pairwise_accuracy_{src}']:.3f}"
-        for src in ("sampled", "reference")
-        if f"pairwise_accuracy_{src}" in metrics
-    ]
     by_family = metrics["pairwise_accuracy_by_family"]
     log.info("reward: held-out pairwise accuracy by family %s", by_family)
     log.info(
-        "reward: held-out pairwise accuracy %.3f on %d pairs (%s); the SFT policy's own "
-        "likelihood ranks %.3f of them right",
-        metrics["pairwise_accuracy"],
-        metrics["eval_pairs"],
-        ", ".join(by_source),
+        "reward: held-out pairwise accuracy %.3f on %d pairs (the SFT policy's own likelihood "
+        "ranks %.3f of them right); %.3f on %d pairs with the reference as chosen",
+        metrics.get("pairwise_accuracy", float("nan")),
+        metrics.get("eval_pairs", 0),
         metrics.get("policy_loglik_accuracy", float("nan")),
+        metrics.get("pairwise_accuracy_reference", float("nan")),
+        metrics.get("eval_pairs_reference", 0),
     )
 
 
 def held_out_metrics(rm, data, pad: int, device) -> dict:
+    """Held-out accuracy on the issue's pairs (two policy samples, or a file's pairs), on the
+    pairs whose chosen side is the reference, and on all of them; per family on the first."""
     held = data["held"]
     chosen, rejected = pair_scores(rm, held, pad, device)
     out = {
-        "pairwise_accuracy": pairwise_accuracy(chosen, rejected),
-        "eval_pairs": len(held),
+        "pairwise_accuracy_all": pairwise_accuracy(chosen, rejected),
+        "eval_pairs_all": len(held),
         "eval_loss": bradley_terry_loss(chosen, rejected).item(),
     }
-    for source in ("sampled", "reference"):
-        keep = torch.tensor([q.source == source for q in held], device=chosen.device)
+    sources = torch.tensor([q.source == "reference" for q in held], device=chosen.device)
+    for key, keep in (("", ~sources), ("_reference", sources)):
         if keep.any():
-            out[f"pairwise_accuracy_{source}"] = pairwise_accuracy(chosen[keep], rejected[keep])
-            out[f"eval_pairs_{source}"] = int(keep.sum())
+            out[f"pairwise_accuracy{key}"] = pairwise_accuracy(chosen[keep], rejected[keep])
+            out[f"eval_pairs{key}"] = int(keep.sum())
+    if not (~sources).any():
+        log.warning(
+            "reward: no held-out pair of two policy samples (the policy answers no test "
+            "prompt right in samples_per_prompt tries): pairwise_accuracy is not measured"
+        )
     by_family = {}
-    for family in dict.fromkeys(q.family for q in held):
-        keep = torch.tensor([q.family == family for q in held], device=chosen.device)
+    for family in dict.fromkeys(q.family for q in held if q.source != "reference"):
+        keep = torch.tensor([q.family == family for q in held], device=chosen.device) & ~sources
         by_family[family] = round(pairwise_accuracy(chosen[keep], rejected[keep]), 4)
     out["pairwise_accuracy_by_family"] = by_family
     chosen_n, rejected_n = (chosen - rm.offset) / rm.scale, (rejected - rm.offset) / rm.scale
@@ -473,16 +506,9 @@ def pairs_jsonl(tok, pairs: list[Pair]) -> str:
     lines = []
     for q in pairs:
         prompt = tok.decode(q.prompt[:-1])  # drop <|assistant|>
-        prompt = prompt.split("<|user|>")[-1].removesuffix("<|end|>")
-        lines.append(
-            json.dumps(
-                {
-                    "prompt": prompt,
-                    "chosen": tok.decode(q.chosen).removesuffix("<|end|>"),
-                    "rejected": tok.decode(q.rejected).removesuffix("<|end|>"),
-                }
-            )
-        )
+        prompt = prompt.split("<|user|>")[-1].removesuffix("<|end|>").removeprefix(" ")
+        chosen, rejected = (extract_response(tok, ids)[0] for ids in (q.chosen, q.rejected))
+        lines.append(json.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected}))
     return "\n".join(lines) + "\n"
 
 

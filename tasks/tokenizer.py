@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from model.tokenizer import Tokenizer
+from model.tokenizer import SPLIT_PATTERNS, Tokenizer
 from tasks import tracking
 from tasks.common import log, run_stage
 from tasks.data import OUT_DIR as DATA_DIR
@@ -63,7 +63,8 @@ def main() -> None:
     )
     with tracking.stage_run("tokenizer", {"tokenizer": p.model_dump()}):
         t0 = time.perf_counter()
-        tok = Tokenizer.train(train_texts, p.vocab_size, progress=True)
+        pattern = SPLIT_PATTERNS[p.split]
+        tok = Tokenizer.train(train_texts, p.vocab_size, pattern=pattern, progress=True)
         train_seconds = time.perf_counter() - t0
 
         with atomic_dir(OUT_DIR) as tmp:

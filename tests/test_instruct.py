@@ -7,7 +7,14 @@ import json
 import pytest
 import torch
 
-from model.chat import collate, encode_conversation, encode_prompt, extract_response, respond
+from model.chat import (
+    collate,
+    encode_conversation,
+    encode_prompt,
+    encode_turn,
+    extract_response,
+    respond,
+)
 from model.generation import generate
 from model.gpt import GPT, GPTConfig
 from model.instruct import (
@@ -18,6 +25,7 @@ from model.instruct import (
     load_alpaca,
     load_chat_jsonl,
     make_examples,
+    near_misses,
     split_of,
 )
 from model.tokenizer import Tokenizer
@@ -117,6 +125,23 @@ def test_checker_recomputes_from_args_not_the_stored_answer():
     ex = make_examples(2, 1, "test", ["add"])[0]
     tampered = Example(ex.family, ex.messages, "0", ex.args)
     assert check(tampered, ex.answer) and not check(tampered, "0")
+
+
+def test_near_misses_are_wrong_answers_shaped_like_the_right_one():
+    import random
+
+    for ex in make_examples(0, 20, "train"):
+        wrong = near_misses(ex, random.Random(0), 3)
+        assert 1 <= len(wrong) <= 3 and len(set(wrong)) == len(wrong)
+        assert not any(check(ex, w) for w in wrong)
+        if ex.answer.isdigit():  # 725 for 726: off by 1, 2, 10 or 100
+            assert all(abs(int(w) - int(ex.answer)) in (1, 2, 10, 100) for w in wrong)
+        elif "words" in ex.args:  # the prompt's own words
+            assert all(set(w.split()) <= set(ex.args["words"]) for w in wrong)
+        else:  # the word in another case
+            assert all(w.lower().startswith(ex.args["word"][:-1]) for w in wrong)
+    assert near_misses(ex, random.Random(1), 2) == near_misses(ex, random.Random(1), 2)
+    assert near_misses(Example("chat", ex.messages, "hi"), random.Random(0), 3) == []
 
 
 def test_exact_match_by_family():
@@ -223,7 +248,7 @@ def test_loss_only_on_assistant_text_and_end_of_turn(tok):
     ids, mask = encode_conversation(tok, CONVERSATION)
     assert len(ids) == len(mask) and ids[0] == tok.eot_id
     in_loss = [i for i, m in zip(ids, mask, strict=True) if m]
-    expected = tok.encode("hi there") + [tok.end_id] + tok.encode("ok") + [tok.end_id]
+    expected = tok.encode(" hi there") + [tok.end_id] + tok.encode(" ok") + [tok.end_id]
     assert in_loss == expected
     # every <|end|> that closes an assistant turn is in the loss, the others are not
     for k, i in enumerate(ids):
@@ -248,13 +273,28 @@ def test_special_token_strings_in_user_text_stay_plain(tok):
     ids, mask = encode_conversation(tok, [{"role": "user", "content": evil}])
     assert ids.count(tok.end_id) == 1 and tok.assistant_id not in ids
     assert ids.count(tok.eot_id) == 1 and not any(mask)
-    assert tok.decode(ids[2:-1]) == evil
+    assert tok.decode(ids[2:-1]) == " " + evil
+
+
+def test_a_word_opening_the_answer_is_the_same_tokens_as_in_the_prompt(tok):
+    # the dummy-prefix space: copying a word is then a copy of its tokens
+    word = "hello"
+    ids, mask = encode_conversation(
+        tok,
+        [{"role": "user", "content": f"Repeat: {word}"}, {"role": "assistant", "content": word}],
+    )
+    answer = [i for i, m in zip(ids, mask, strict=True) if m][:-1]
+    assert answer == encode_turn(tok, word)[:-1] == tok.encode(f" {word}")
+    user_text = ids[2 : ids.index(tok.end_id)]
+    assert user_text[-len(answer) :] == answer
+    assert extract_response(tok, encode_turn(tok, word)) == (word, True)
 
 
 def test_extract_response_stops_at_end_of_turn(tok):
-    new = tok.encode("42") + [tok.end_id] + tok.encode("junk")
+    new = tok.encode(" 42") + [tok.end_id] + tok.encode("junk")
     assert extract_response(tok, new) == ("42", True)
-    assert extract_response(tok, tok.encode("42 and on")) == ("42 and on", False)
+    assert extract_response(tok, tok.encode(" 42 and on")) == ("42 and on", False)
+    assert extract_response(tok, tok.encode("42")) == ("42", False)  # no space: kept as is
 
 
 def test_collate_pads_with_pad_not_end_and_keeps_end_in_loss(tok):
@@ -270,7 +310,7 @@ def test_collate_pads_with_pad_not_end_and_keeps_end_in_loss(tok):
     # targets are the next tokens where the mask is on; the last real target is <|end|>
     assert y[1, n - 1] == tok.end_id and y[0, -1] == tok.end_id
     kept = y[1][y[1] != -100].tolist()
-    assert kept == tok.encode("hi there") + [tok.end_id]
+    assert kept == tok.encode(" hi there") + [tok.end_id]
     assert torch.equal(x[0], torch.tensor(long[0][:-1]))
     assert (y == tok.end_id).sum() == 3  # both assistant turns of `long`, one of `short`
 

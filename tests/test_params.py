@@ -54,6 +54,10 @@ def test_cross_field_rules_name_the_fields(tmp_path):
         load_params(write(tmp_path, "model:\n  n_embd: 100\n  n_head: 3\n"))
     with pytest.raises(ParamsError, match="data: .*'files'"):
         load_params(write(tmp_path, "data:\n  source: files\n"))
+    with pytest.raises(ParamsError, match=r"ppo: .*unknown families \['cpy'\]"):
+        load_params(write(tmp_path, "ppo:\n  families: [copy, cpy]\n"))
+    with pytest.raises(ParamsError, match=r"tokenizer.split"):
+        load_params(write(tmp_path, "tokenizer:\n  split: gpt3\n"))
 
 
 @pytest.mark.parametrize(

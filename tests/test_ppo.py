@@ -296,7 +296,7 @@ def test_reward_and_ppo_stages_on_quick_profile(quick_pretrained, tmp_path):
         run_in(repo, "-m", f"tasks.{stage}")
 
     reward = json.loads((repo / "metrics" / "reward.json").read_text())
-    assert 0.0 <= reward["pairwise_accuracy"] <= 1.0 and reward["eval_pairs"] > 0
+    assert 0.0 <= reward["pairwise_accuracy_all"] <= 1.0 and reward["eval_pairs_all"] > 0
     rm = load_reward_model(repo / "out" / "reward")
     assert rm.scale.item() == pytest.approx(reward["score_scale"], rel=1e-4)
 

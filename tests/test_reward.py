@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from model.chat import extract_response
 from model.gpt import GPTConfig
 from model.reward import ScalarHeadModel, bradley_terry_loss, pairwise_accuracy
 from tasks.reward import load_pairs_jsonl
@@ -114,7 +115,7 @@ def test_response_logprob_sums_the_response_tokens_whatever_the_padding():
         want = sum(logp[len(q.prompt) - 1 + i, t] for i, t in enumerate(q.chosen))
         assert value.item() == pytest.approx(want.item(), abs=1e-5)
     out = loglik_baseline(gpt, pairs, pad_id=0, device="cpu")
-    assert 0 <= out["policy_loglik_accuracy"] <= 1 and "policy_loglik_accuracy_sampled" in out
+    assert set(out) == {"policy_loglik_accuracy"} and 0 <= out["policy_loglik_accuracy"] <= 1
 
 
 def test_pairs_loader_reads_records(tmp_path):
@@ -164,11 +165,28 @@ def test_swapped_pairs_reject_another_prompts_answer():
         by_prompt.setdefault(ex.family, []).append(ex)
     for q in pairs:
         ex = next(e for e in by_prompt[q.family] if q.prompt == swapped_prompt(tok, e))
-        chosen, rejected = tok.decode(q.chosen[:-1]), tok.decode(q.rejected[:-1])
+        (chosen, _), (rejected, _) = (extract_response(tok, r) for r in (q.chosen, q.rejected))
         assert q.chosen[-1] == q.rejected[-1] == tok.end_id
         assert check(ex, chosen) and not check(ex, rejected)
         # the rejected side is a real answer of the same family
         assert rejected in {reference_answer(o) for o in by_prompt[q.family]}
+
+
+def test_near_miss_pairs_reject_a_wrong_answer_of_the_same_prompt():
+    from model.instruct import check, make_examples
+    from model.tokenizer import Tokenizer
+    from tasks.reward import near_miss_pairs
+
+    examples = make_examples(0, 5, "train", ["first", "next", "sort"])
+    tok = Tokenizer.train([" ".join(ex.prompt for ex in examples)], 300)
+    pairs = near_miss_pairs(tok, examples, 2, seed=0)
+    assert len(pairs) == 2 * len(examples) and {q.source for q in pairs} == {"near"}
+    for ex, (a, b) in zip(examples, zip(pairs[::2], pairs[1::2], strict=True), strict=True):
+        assert a.prompt == b.prompt == swapped_prompt(tok, ex) and a.chosen == b.chosen
+        assert a.rejected != b.rejected
+        for q in (a, b):
+            (chosen, _), (rejected, _) = (extract_response(tok, r) for r in (q.chosen, q.rejected))
+            assert check(ex, chosen) and not check(ex, rejected)
 
 
 def swapped_prompt(tok, example):

@@ -22,6 +22,7 @@ from tokenizers import Regex, pre_tokenizers, trainers
 from model.bpe import count_chunks, train_merges
 from model.tokenizer import (
     DEFAULT_SPECIAL_TOKENS,
+    GPT4_DIGITS_SPLIT_PATTERN,
     GPT4_SPLIT_PATTERN,
     Tokenizer,
     bytes_to_unicode,
@@ -158,6 +159,17 @@ def textbook_merges(texts: list[str], n_merges: int) -> list[tuple[int, int]]:
             merged[tuple(out)] += f
         words = merged
     return merges
+
+
+def test_digit_split_makes_every_digit_a_token_as_hf_splits_it(corpus):
+    text = "In 1990 the 537 ships sailed 3.14 miles, 20000 leagues."
+    tok = Tokenizer.train([*corpus, text * 50], 600, pattern=GPT4_DIGITS_SPLIT_PATTERN)
+    pieces = [tok.decode([i]) for i in tok.encode(text)]
+    assert [p for p in pieces if any(c.isdigit() for c in p)] == list("199053731420000")
+    assert tok.encode(text) == tok.encode_reference(text) and tok.decode(tok.encode(text)) == text
+    hf = pre_tokenizers.Split(Regex(GPT4_DIGITS_SPLIT_PATTERN), behavior="isolated")
+    assert "".join(p for p, _ in hf.pre_tokenize_str(text)) == text
+    assert [p for p, _ in hf.pre_tokenize_str(text) if p.isdigit()] == list("199053731420000")
 
 
 @pytest.mark.parametrize("seed", range(6))
