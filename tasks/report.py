@@ -225,7 +225,16 @@ def headline(m: dict) -> list[tuple[str, str, str]]:
                 " -> ",
             ),
         ),
-        ("reward", "held-out pairwise accuracy", fmt(number(r, "pairwise_accuracy"), "{:.1%}")),
+        (
+            "reward",
+            "held-out pairwise accuracy (two policy samples)",
+            fmt(number(r, "pairwise_accuracy"), "{:.1%}"),
+        ),
+        (
+            "reward",
+            "held-out pairs with the reference answer as chosen",
+            fmt(number(r, "pairwise_accuracy_reference"), "{:.1%}"),
+        ),
         (
             "reward",
             "same pairs ranked by the SFT policy's likelihood",
