@@ -6,7 +6,10 @@ token (the value model), `score(idx, mask)` reads the last real token of each ro
 model), wherever the padding is. The stored `offset` and `scale` buffers normalise scores
 (rewards mean 0, std 1 on policy samples) and travel with the weights.
 `bradley_terry_loss` is the pairwise preference loss -log sigmoid(r_chosen - r_rejected)
-(Bradley and Terry 1952; Ouyang et al. 2022).
+(Bradley and Terry 1952; Ouyang et al. 2022), with an optional centering term
+center_coef * (r_chosen + r_rejected)^2 (Eisenstein et al. 2023): the pairwise loss only sees
+differences, so without it each prompt's scores sit at an offset of their own, which PPO's
+value model must then learn before the differences between responses show.
 Leaves out: data, training loops, files (tasks/reward.py).
 Tests: `pytest tests/test_reward.py`.
 """
@@ -75,9 +78,16 @@ class ScalarHeadModel(nn.Module):
         self.scale.fill_(max(raw_scores.float().std().item(), 1e-6))
 
 
-def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
-    """Mean -log sigmoid(chosen - rejected) over pairs: scores (N,), (N,) -> scalar."""
-    return -F.logsigmoid(chosen.float() - rejected.float()).mean()
+def bradley_terry_loss(
+    chosen: torch.Tensor, rejected: torch.Tensor, center_coef: float = 0.0
+) -> torch.Tensor:
+    """Mean -log sigmoid(chosen - rejected) over pairs, plus center_coef times the mean of
+    (chosen + rejected)^2 (which pulls each pair's mean score to 0): (N,), (N,) -> scalar."""
+    chosen, rejected = chosen.float(), rejected.float()
+    loss = -F.logsigmoid(chosen - rejected).mean()
+    if center_coef:
+        loss = loss + center_coef * (chosen + rejected).pow(2).mean()
+    return loss
 
 
 def pairwise_accuracy(chosen: torch.Tensor, rejected: torch.Tensor) -> float:

@@ -12,7 +12,7 @@ import torch
 from model.chat import extract_response
 from model.gpt import GPTConfig
 from model.reward import ScalarHeadModel, bradley_terry_loss, pairwise_accuracy
-from tasks.reward import load_pairs_jsonl
+from tasks.pairs import load_pairs_jsonl
 
 
 def tiny_rm(seed: int = 0) -> ScalarHeadModel:
@@ -32,6 +32,27 @@ def test_bradley_terry_loss_by_hand():
     assert pairwise_accuracy(chosen, rejected) == pytest.approx(1 / 3)
     # equal scores: log 2, the loss of a coin flip
     assert bradley_terry_loss(torch.zeros(4), torch.zeros(4)).item() == pytest.approx(math.log(2))
+
+
+def test_centering_term_adds_the_squared_pair_sum_and_pulls_offsets_to_zero():
+    chosen, rejected = torch.tensor([2.0, 0.0, -1.0]), torch.tensor([1.0, 0.5, 1.0])
+    plain = bradley_terry_loss(chosen, rejected)
+    sums = torch.tensor([3.0, 0.5, 0.0])
+    want = plain + 0.1 * sums.pow(2).mean()
+    assert bradley_terry_loss(chosen, rejected, 0.1).item() == pytest.approx(want.item())
+    # the pairwise loss is blind to a shift shared by both sides; the centering term is not
+    shift = torch.tensor([5.0, -3.0, 2.0])
+    assert bradley_terry_loss(chosen + shift, rejected + shift).item() == pytest.approx(
+        plain.item(), rel=1e-6
+    )
+    offsets = torch.tensor([4.0, -6.0, 1.0], requires_grad=True)
+    opt = torch.optim.SGD([offsets], lr=0.5)
+    for _ in range(200):
+        opt.zero_grad()
+        bradley_terry_loss(chosen + offsets, rejected + offsets, 0.1).backward()
+        opt.step()
+    centred = (chosen + offsets + rejected + offsets).detach()
+    assert centred.abs().max().item() < 1e-3
 
 
 def test_score_reads_last_real_token_with_left_or_right_padding():
@@ -100,7 +121,8 @@ def write_lines(path, lines: list[str]):
 
 def test_response_logprob_sums_the_response_tokens_whatever_the_padding():
     from model.gpt import GPT
-    from tasks.reward import Pair, loglik_baseline, response_logprob
+    from tasks.pairs import Pair
+    from tasks.reward import loglik_baseline, response_logprob
 
     torch.manual_seed(0)
     gpt = GPT(GPTConfig(vocab_size=40, block_size=32, n_layer=2, n_head=2, n_embd=16)).eval()
@@ -154,7 +176,7 @@ def test_pairs_loader_missing_empty_and_binary(tmp_path):
 def test_swapped_pairs_reject_another_prompts_answer():
     from model.instruct import check, make_examples, reference_answer
     from model.tokenizer import Tokenizer
-    from tasks.reward import swapped_pairs
+    from tasks.pairs import swapped_pairs
 
     examples = make_examples(0, 6, "train", ["copy", "count"])
     tok = Tokenizer.train([" ".join(ex.prompt for ex in examples)], 300)
@@ -175,7 +197,7 @@ def test_swapped_pairs_reject_another_prompts_answer():
 def test_near_miss_pairs_reject_a_wrong_answer_of_the_same_prompt():
     from model.instruct import check, make_examples
     from model.tokenizer import Tokenizer
-    from tasks.reward import near_miss_pairs
+    from tasks.pairs import near_miss_pairs
 
     examples = make_examples(0, 5, "train", ["first", "next", "sort"])
     tok = Tokenizer.train([" ".join(ex.prompt for ex in examples)], 300)
