@@ -7,7 +7,8 @@ and the GAE recursion run over real tokens only, and padded outputs are zero.
 
 What is here: log-probs and entropy at the sampling temperature, masked mean / whitening, the
 k1 and k3 KL estimators, reward shaping (per-token KL penalty + reward-model score on the last
-real token + a penalty for responses that never end), GAE, the clipped policy and value losses,
+real token + a penalty for responses that never end), a leave-one-out score baseline for
+several responses per prompt, GAE, the clipped policy and value losses,
 and fixed / adaptive KL controllers (Ziegler et al. 2019, "Fine-Tuning Language Models from
 Human Preferences"). The recipe follows Huang et al. 2024, "The N+ Implementation Details of
 RLHF with PPO".
@@ -155,6 +156,19 @@ def shape_rewards(
     rows = torch.arange(rewards.shape[0], device=rewards.device)
     rewards[rows, last] += given
     return rewards, given
+
+
+def leave_one_out(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Each score minus the mean of the other scores of its group (B,) -> (B,): rows
+    g * group_size .. (g + 1) * group_size - 1 answer the same prompt. The baseline does not
+    depend on the row's own response, so the policy gradient stays unbiased, and it removes
+    the part of the score that belongs to the prompt rather than the response (RLOO, Ahmadian
+    et al. 2024), which a value model learns only slowly."""
+    if group_size < 2 or scores.shape[0] % group_size:
+        raise ValueError(f"leave_one_out: {scores.shape[0]} rows in groups of {group_size}")
+    groups = scores.float().view(-1, group_size)
+    others = (groups.sum(1, keepdim=True) - groups) / (group_size - 1)
+    return (groups - others).view(-1)
 
 
 def gae(
