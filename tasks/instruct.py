@@ -9,7 +9,8 @@ Three files:
   out), never in train: the prompts the reward model and PPO learn from. A policy has seen its
   SFT prompts' answers; pairs and rollouts on those would measure recall, not the skill the
   test split measures (the RLHF recipe keeps SFT, reward and PPO prompts apart);
-- test: `n_test_per_family` held-out prompts (and the user's test-side ones) for every stage.
+- test: `n_test_per_family` held-out prompts (fewer where a family's test side runs out:
+  copy has 64, upper 91), and the user's test-side ones, for every stage.
 
     python -m tasks.instruct
 Writes out/instruct/{train,prefs,test}.jsonl (one `Example.to_dict()` per line) and
@@ -61,7 +62,8 @@ def build_splits(p: InstructParams, seed: int) -> dict[str, list[Example]]:
     splits = {}
     for split in ("train", "test"):
         n = p.n_train_per_family if split == "train" else p.n_test_per_family
-        generated = make_examples(seed, n, split, p.families) if n else []
+        # test: every family gives what its split has, up to n (copy and upper have fewer)
+        generated = make_examples(seed, n, split, p.families, split == "test") if n else []
         mine = [ex for ex in user if split_of(ex.family, _key(ex)) == split]
         splits[split] = generated + mine
     splits["prefs"] = prefs_examples(p, seed)

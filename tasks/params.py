@@ -133,7 +133,7 @@ class InstructParams(Section):
     families: list[str] | None = None  # generated task families (null = all, see FAMILIES)
     n_train_per_family: int = Field(250, ge=0)  # SFT's
     n_prefs_per_family: int = Field(250, ge=0)  # reward and PPO prompts, apart from SFT's
-    n_test_per_family: int = Field(50, ge=1)
+    n_test_per_family: int = Field(50, ge=1)  # fewer where a family's test side runs out
     files: list[str] = []  # user data: .json (Alpaca records) or .jsonl (chat messages)
 
     @model_validator(mode="after")
@@ -176,6 +176,7 @@ class RewardParams(LoopParams):
     sample_temperature: float = Field(1.0, gt=0)
     max_new_tokens: int = Field(16, gt=0)
     generation_batch_size: int = Field(128, gt=0)
+    center_coef: float = Field(0.0, ge=0)  # x (r_chosen + r_rejected)^2: one offset for all prompts
 
     @model_validator(mode="after")
     def _pairs_file(self) -> RewardParams:
@@ -191,8 +192,12 @@ class PPOParams(Section):
     families: list[str] | None = None  # families the rollouts draw from (null = all)
     eval_prompts_per_family: int = Field(50, gt=0)  # held-out test prompts (greedy accuracy)
     iterations: int = Field(60, gt=0)  # rollout + update rounds
-    rollout_batch: int = Field(64, gt=0)  # prompts (one response each) per rollout
-    minibatch_size: int = Field(16, gt=0)
+    rollout_batch: int = Field(128, gt=0)  # responses per rollout
+    samples_per_prompt: int = Field(1, gt=0)  # responses per prompt in a rollout
+    # none: the score as it is; leave_one_out: minus the mean score of the prompt's other
+    # responses (needs samples_per_prompt >= 2)
+    baseline: Literal["none", "leave_one_out"] = "none"
+    minibatch_size: int = Field(32, gt=0)
     ppo_epochs: int = Field(4, gt=0)
     max_new_tokens: int = Field(16, gt=0)
     # model: the reward model's score (RLHF); checker: +1/-1 from the task checkers (a
@@ -216,10 +221,18 @@ class PPOParams(Section):
     eval_interval: int = Field(20, gt=0)  # iterations between held-out evaluations
     eval_batch_size: int = Field(128, gt=0)
     log_interval: int = Field(5, gt=0)
+    seed: int | None = None  # null = the global seed; set to re-run PPO alone with another
 
     @model_validator(mode="after")
     def _known_families(self) -> PPOParams:
         check_families(self.families)
+        if self.rollout_batch % self.samples_per_prompt:
+            raise ValueError(
+                f"rollout_batch {self.rollout_batch} is not a multiple of samples_per_prompt "
+                f"{self.samples_per_prompt}"
+            )
+        if self.baseline == "leave_one_out" and self.samples_per_prompt < 2:
+            raise ValueError("baseline leave_one_out needs samples_per_prompt >= 2")
         return self
 
 

@@ -1,10 +1,12 @@
 """ppo stage: align the SFT policy against the reward model with PPO and a KL penalty.
 
-Each iteration: draw `rollout_batch` train prompts; sample one response each with the KV cache
-at `temperature`; score the rows with the policy, the frozen SFT reference, the value model and
-the reward model; build per-token rewards (-kl_coef * (log p - log p_ref) on every response
-token, the reward-model score on the last real token, minus `no_end_penalty` when the response
-never closed its turn); GAE (gamma, lam) and advantages whitened over real tokens; then
+Each iteration: draw `rollout_batch / samples_per_prompt` train prompts; sample
+`samples_per_prompt` responses each with the KV cache at `temperature`; score the rows with
+the policy, the frozen SFT reference, the value model and the reward model; build per-token
+rewards (-kl_coef * (log p - log p_ref) on every response token, the reward-model score on the
+last real token, minus `no_end_penalty` when the response never closed its turn; with
+`baseline: leave_one_out`, the score less the mean score of the prompt's other responses);
+GAE (gamma, lam) and advantages whitened over real tokens; then
 `ppo_epochs` passes of shuffled minibatches of the clipped policy loss and the clipped value
 loss. Every model stays in eval mode (dropout off) throughout, while rollouts and updates run.
 The value model starts as the reward model (its score normalisation folded into the head).
@@ -14,7 +16,8 @@ the reward model still scores every rollout, so the two can be compared.
 True task accuracy comes from the checkers: on each rollout (sampled) and every `eval_interval`
 iterations on held-out test prompts (greedy, as the sft stage measures it), next to the
 reward-model score of the same responses, so reward hacking shows as a score that rises while
-accuracy does not.
+accuracy does not. At the end, greedy accuracy on prompts the rollouts drew (SFT reference vs
+policy) sits beside the held-out one: a gain on seen prompts alone is memorised instances.
 
     python -m tasks.ppo
 Writes out/ppo/ (a checkpoint like out/sft, plus samples.txt), metrics/ppo.json (SFT and PPO
@@ -39,6 +42,7 @@ from model.ppo import (
     gae,
     kl_k1,
     kl_k3,
+    leave_one_out,
     logprobs_from_logits,
     make_kl_controller,
     masked_mean,
@@ -56,9 +60,10 @@ from tasks.checkpoint import TOKENIZER_FILE, load_checkpoint, save_checkpoint
 from tasks.common import log, resolve_device, run_stage, seed_everything
 from tasks.instruct import read_examples, read_prompts
 from tasks.io import METRICS, OUT, PLOTS, write_json, write_text
+from tasks.pairs import per_family
 from tasks.params import PPOParams, load_params
 from tasks.reward import OUT_DIR as REWARD_DIR
-from tasks.reward import SFT_DIR, load_reward_model, per_family, score_responses
+from tasks.reward import SFT_DIR, load_reward_model, score_responses
 
 OUT_DIR = OUT / "ppo"
 TRAIN_COLUMNS = (
@@ -143,6 +148,8 @@ def score_rollout(
     values = models["value"].values(tokens, attn)[:, :-1]
     rm_scores = models["reward"].score(tokens, attn)
     scores = rm_scores if scores is None else scores
+    if p.baseline == "leave_one_out":
+        scores = leave_one_out(scores, p.samples_per_prompt)
     ended = torch.tensor([r[-1] == tok.end_id for r in responses], device=device)
     rewards, given = shape_rewards(logp, ref_logp, action, scores, ended, kl_coef, p.no_end_penalty)
     advantages, returns = gae(rewards, values, action, p.gamma, p.lam)
@@ -263,13 +270,34 @@ def make_optimizers(models: dict, p: PPOParams) -> dict:
     return {"policy": adam(models["policy"], p.lr), "value": adam(models["value"], p.value_lr)}
 
 
+def draw(pool: list[Example], p: PPOParams, seed: int, it: int) -> list[Example]:
+    """The prompts of iteration `it`: `rollout_batch / samples_per_prompt` of the pool, without
+    replacement, from a generator seeded by (seed, it); each prompt's responses go side by
+    side in the rollout."""
+    rng = np.random.default_rng([seed, it])
+    n = min(p.rollout_batch // p.samples_per_prompt, len(pool))
+    return [pool[i] for i in rng.choice(len(pool), size=n, replace=False)]
+
+
+def seen_prompts(pool: list[Example], params) -> list[Example]:
+    """Up to `eval_prompts_per_family` of the prompts the rollouts drew, per family."""
+    p = params.ppo
+    seen = {
+        ex.prompt: ex for it in range(1, p.iterations + 1) for ex in draw(pool, p, params.seed, it)
+    }
+    return per_family(list(seen.values()), p.eval_prompts_per_family)
+
+
+def greedy_accuracy(model, tok, examples: list[Example], p: PPOParams) -> dict[str, float]:
+    convs = [list(ex.messages) for ex in examples]
+    out = respond(model, tok, convs, p.max_new_tokens, batch_size=p.eval_batch_size)
+    return exact_match_by_family(examples, [r.text for r in out])
+
+
 def iteration(it, models, optimizers, kl_ctl, tok, pool, params, gen, device) -> dict:
     """One rollout and its update; returns the row for train.csv."""
     p = params.ppo
-    rng = np.random.default_rng([params.seed, it])
-    batch = [
-        pool[i] for i in rng.choice(len(pool), size=min(p.rollout_batch, len(pool)), replace=False)
-    ]
+    batch = [ex for ex in draw(pool, p, params.seed, it) for _ in range(p.samples_per_prompt)]
     prompts = [encode_prompt(tok, list(ex.messages)) for ex in batch]
     responses = sample(models["policy"], tok, prompts, p, seed=params.seed * 100003 + it)
     texts = [extract_response(tok, r) for r in responses]  # (text, ended)
@@ -294,6 +322,8 @@ def check_lengths(pool: list[Example], tok, block_size: int, p: PPOParams) -> No
 
 def main() -> None:
     params = load_params()
+    if params.ppo.seed is not None:  # PPO's own seed: re-runs PPO alone, on the same SFT and RM
+        params = params.model_copy(update={"seed": params.ppo.seed})
     p, device = params.ppo, resolve_device(params.device)
     seed_everything(params.seed)
     tok = Tokenizer.load(SFT_DIR / TOKENIZER_FILE)
@@ -311,6 +341,9 @@ def main() -> None:
         history, evals, seconds = train(models, tok, pool, test, params, device, before)
         after = evals[-1][1] if evals[-1][0] == p.iterations else None
         after = after or evaluate(models["policy"], models["reward"], tok, test, p, device)
+        seen = seen_prompts(pool, params)  # train-side: a gain here alone is memorisation
+        before["seen"] = greedy_accuracy(models["ref"], tok, seen, p)["all"]
+        after["seen"] = greedy_accuracy(models["policy"], tok, seen, p)["all"]
         finish(models["policy"], tok, params, before, after, history, evals, seconds)
 
 
@@ -382,6 +415,8 @@ def finish(policy, tok, params, before, after, history, evals, seconds: float) -
         "test_accuracy_gain": after["accuracy"]["all"] - before["accuracy"]["all"],
         "sft_test_sampled_accuracy": before["sampled_accuracy"],
         "ppo_test_sampled_accuracy": after["sampled_accuracy"],
+        "sft_seen_accuracy": before["seen"],
+        "ppo_seen_accuracy": after["seen"],
         "sft_test_rm_score": before["rm_score"],
         "ppo_test_rm_score": after["rm_score"],
         "sft_test_end_rate": before["end_rate"],
@@ -415,10 +450,13 @@ def finish(policy, tok, params, before, after, history, evals, seconds: float) -
     tags = {"iterations": p.iterations, "test_accuracy": metrics["ppo_test_accuracy"]}
     registry.register_checkpoint(OUT_DIR, registry.ALIGNED_MODEL, tags=tags)
     log.info(
-        "ppo: held-out accuracy %.3f -> %.3f (%+.3f), RM score %+.3f -> %+.3f, KL %.3f nats",
+        "ppo: held-out accuracy %.3f -> %.3f (%+.3f), on seen prompts %.3f -> %.3f, "
+        "RM score %+.3f -> %+.3f, KL %.3f nats",
         metrics["sft_test_accuracy"],
         metrics["ppo_test_accuracy"],
         metrics["test_accuracy_gain"],
+        metrics["sft_seen_accuracy"],
+        metrics["ppo_seen_accuracy"],
         metrics["sft_test_rm_score"],
         metrics["ppo_test_rm_score"],
         metrics["final_kl"],

@@ -243,35 +243,22 @@ def headline(m: dict) -> list[tuple[str, str, str]]:
         (
             "ppo",
             "test accuracy: SFT -> PPO",
-            pair(
-                number(ppo, "sft_test_accuracy"),
-                number(ppo, "ppo_test_accuracy"),
-                "{:.1%}",
-                "{:.1%}",
-                " -> ",
-            ),
+            before_after(ppo, "sft_test_accuracy", "ppo_test_accuracy", "{:.1%}"),
         ),
         (
             "ppo",
             "test accuracy sampled at the rollout temperature: SFT -> PPO",
-            pair(
-                number(ppo, "sft_test_sampled_accuracy"),
-                number(ppo, "ppo_test_sampled_accuracy"),
-                "{:.1%}",
-                "{:.1%}",
-                " -> ",
-            ),
+            before_after(ppo, "sft_test_sampled_accuracy", "ppo_test_sampled_accuracy", "{:.1%}"),
+        ),
+        (
+            "ppo",
+            "accuracy on prompts the rollouts drew: SFT -> PPO",
+            before_after(ppo, "sft_seen_accuracy", "ppo_seen_accuracy", "{:.1%}"),
         ),
         (
             "ppo",
             "test reward-model score: SFT -> PPO",
-            pair(
-                number(ppo, "sft_test_rm_score"),
-                number(ppo, "ppo_test_rm_score"),
-                "{:+.2f}",
-                "{:+.2f}",
-                " -> ",
-            ),
+            before_after(ppo, "sft_test_rm_score", "ppo_test_rm_score", "{:+.2f}"),
         ),
         ("ppo", "final KL to reference", fmt(number(ppo, "final_kl"), "{:.3f}")),
     ]
@@ -284,6 +271,11 @@ def headline(m: dict) -> list[tuple[str, str, str]]:
     rows.append(("scaling-fit", "held-out prediction error", f"{err[1]:.1%}" if err else NOT_RUN))
     rows.append(("embeddings", "analogy / SimLex / WordSim", triple(e)))
     return rows
+
+
+def before_after(d: dict, before: str, after: str, spec: str) -> str:
+    """'before -> after' of two keys of one stage's metrics, both in `spec`."""
+    return pair(number(d, before), number(d, after), spec, spec, " -> ")
 
 
 def quantize_rows(q: dict) -> list[tuple[str, str, str]]:

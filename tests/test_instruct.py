@@ -88,6 +88,22 @@ def test_prefs_prompts_are_apart_from_sft_and_test():
     assert build_splits(p.model_copy(update={"n_prefs_per_family": 0}), seed=0)["prefs"] == []
 
 
+def test_a_test_split_larger_than_a_family_keeps_all_it_has_and_the_first_ones():
+    from tasks.instruct import build_splits
+    from tasks.params import InstructParams
+
+    p = InstructParams(families=["copy", "add"], n_train_per_family=5, n_test_per_family=300)
+    test = build_splits(p, seed=0)["test"]
+    copies = [e.prompt for e in test if e.family == "copy"]
+    everything = make_examples(0, 10_000, "test", ["copy"], allow_fewer=True)
+    assert copies == [e.prompt for e in everything] and len(copies) < 300
+    assert sum(e.family == "add" for e in test) == 300
+    # asking for more keeps the first prompts, so a smaller test split is a prefix
+    few = build_splits(p.model_copy(update={"n_test_per_family": 10}), seed=0)["test"]
+    assert [e.prompt for e in few if e.family == "add"] == [
+        e.prompt for e in test if e.family == "add"
+    ][:10]
+
 def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="split"):
         make_examples(0, 1, "val")

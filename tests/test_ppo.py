@@ -18,6 +18,7 @@ from model.ppo import (
     kl_k1,
     kl_k3,
     last_true_index,
+    leave_one_out,
     logprobs_from_logits,
     make_kl_controller,
     masked_mean,
@@ -335,7 +336,9 @@ def test_stage_rollout_has_zero_kl_and_unit_ratio_on_minibatches():
         "value": value_model_from_reward(rm),
     }
     tok = SimpleNamespace(pad_id=0, end_id=11)
-    p = SimpleNamespace(temperature=0.7, no_end_penalty=1.0, gamma=1.0, lam=0.95, max_new_tokens=6)
+    p = SimpleNamespace(
+        temperature=0.7, no_end_penalty=1.0, gamma=1.0, lam=0.95, max_new_tokens=6, baseline="none"
+    )
     prompts = [[1, 2, 3], [4, 5], [6, 7, 8, 9, 10], [12]]
     responses = [[13, 14, 11], [15], [16, 17, 18, 19], [20, 11]]
     rollout, stats = score_rollout(models, tok, prompts, responses, p, 0.1, "cpu")
@@ -374,7 +377,7 @@ def test_checker_reward_replaces_the_score_and_the_rm_score_is_still_reported():
         "value": value_model_from_reward(rm),
     }
     tok = SimpleNamespace(pad_id=0, end_id=11)
-    p = SimpleNamespace(temperature=1.0, no_end_penalty=0.5, gamma=1.0, lam=0.95)
+    p = SimpleNamespace(temperature=1.0, no_end_penalty=0.5, gamma=1.0, lam=0.95, baseline="none")
     prompts = [[1, 2, 3], [4, 5], [6, 7, 8]]
     responses = [[13, 11], [15, 16], [17, 11]]  # the second never ends
     scores = checker_scores([True, True, False], "cpu")
@@ -386,3 +389,93 @@ def test_checker_reward_replaces_the_score_and_the_rm_score_is_still_reported():
     assert with_checker["rm_score"] == pytest.approx(with_rm["rm_score"])
     tokens, attn, _ = pack(prompts, responses, 0)
     assert with_rm["rm_score"] == pytest.approx(rm.score(tokens, attn).mean().item())
+
+
+def test_leave_one_out_matches_a_loop_and_ignores_a_prompt_offset():
+    gen = torch.Generator().manual_seed(0)
+    k = 4
+    scores = torch.randn(12, generator=gen)
+    want = torch.tensor(
+        [
+            scores[i]
+            - sum(scores[j] for j in range(i // k * k, i // k * k + k) if j != i) / (k - 1)
+            for i in range(12)
+        ]
+    )
+    got = leave_one_out(scores, k)
+    torch.testing.assert_close(got, want)
+    # a score shared by a prompt's responses (its offset) cancels; each group sums to zero
+    offsets = torch.tensor([5.0, -3.0, 0.5]).repeat_interleave(k)
+    torch.testing.assert_close(leave_one_out(scores + offsets, k), got)
+    torch.testing.assert_close(got.view(-1, k).sum(1), torch.zeros(3), atol=1e-6, rtol=0)
+    for bad in (1, 5):
+        with pytest.raises(ValueError, match="groups of"):
+            leave_one_out(scores, bad)
+
+
+def test_rollout_with_the_leave_one_out_baseline_gives_the_score_less_the_others_mean():
+    from types import SimpleNamespace
+
+    from model.reward import ScalarHeadModel
+    from tasks.ppo import freeze, score_rollout, value_model_from_reward
+
+    policy = tiny_gpt()
+    torch.manual_seed(1)
+    rm = freeze(ScalarHeadModel(policy.config))
+    models = {
+        "policy": policy,
+        "ref": freeze(copy.deepcopy(policy)),
+        "reward": rm,
+        "value": value_model_from_reward(rm),
+    }
+    tok = SimpleNamespace(pad_id=0, end_id=11)
+    p = SimpleNamespace(
+        temperature=1.0,
+        no_end_penalty=0.0,
+        gamma=1.0,
+        lam=0.95,
+        baseline="leave_one_out",
+        samples_per_prompt=2,
+    )
+    prompts = [[1, 2, 3], [1, 2, 3], [4, 5], [4, 5]]
+    responses = [[13, 11], [14, 11], [15, 11], [16, 17, 11]]
+    scores = torch.tensor([1.0, -1.0, -1.0, -1.0])
+    _, stats = score_rollout(models, tok, prompts, responses, p, 0.0, "cpu", scores)
+    # given: [1 - (-1), -1 - 1, 0, 0]; their mean is 0
+    assert stats["reward"] == pytest.approx(0.0, abs=1e-6)
+    rollout, _ = score_rollout(models, tok, prompts, responses, p, 0.0, "cpu", scores + 3.0)
+    same, _ = score_rollout(models, tok, prompts, responses, p, 0.0, "cpu", scores)
+    torch.testing.assert_close(rollout.returns, same.returns)
+
+
+def test_ppo_params_reject_groups_that_do_not_divide_the_rollout():
+    from pydantic import ValidationError
+
+    from tasks.params import PPOParams
+
+    with pytest.raises(ValidationError, match="multiple of samples_per_prompt"):
+        PPOParams(rollout_batch=10, samples_per_prompt=4)
+    with pytest.raises(ValidationError, match="samples_per_prompt >= 2"):
+        PPOParams(baseline="leave_one_out")
+    assert PPOParams(rollout_batch=64, samples_per_prompt=4, baseline="leave_one_out")
+
+
+def test_draw_is_seeded_without_repeats_and_seen_prompts_are_the_drawn_ones():
+    from types import SimpleNamespace
+
+    from model.instruct import make_examples
+    from tasks.params import PPOParams
+    from tasks.ppo import draw, seen_prompts
+
+    pool = make_examples(0, 30, "train", ["first", "count"])
+    p = PPOParams(rollout_batch=16, samples_per_prompt=4, iterations=3, eval_prompts_per_family=2)
+    drawn = draw(pool, p, seed=5, it=1)
+    assert len(drawn) == 4 and len({ex.prompt for ex in drawn}) == 4
+    assert [ex.prompt for ex in draw(pool, p, 5, 1)] == [ex.prompt for ex in drawn]
+    assert [ex.prompt for ex in draw(pool, p, 5, 2)] != [ex.prompt for ex in drawn]
+    seen = seen_prompts(pool, SimpleNamespace(ppo=p, seed=5))
+    every = {ex.prompt for it in (1, 2, 3) for ex in draw(pool, p, 5, it)}
+    assert {ex.prompt for ex in seen} <= every
+    for family in ("first", "count"):
+        n_drawn = sum(1 for ex in pool if ex.prompt in every and ex.family == family)
+        assert sum(ex.family == family for ex in seen) == min(2, n_drawn)
