@@ -18,6 +18,7 @@ iterations on held-out test prompts (greedy, as the sft stage measures it), next
 reward-model score of the same responses, so reward hacking shows as a score that rises while
 accuracy does not. At the end, greedy accuracy on prompts the rollouts drew (SFT reference vs
 policy) sits beside the held-out one: a gain on seen prompts alone is memorised instances.
+The held-out change is also counted per prompt (fixed, broken) with the exact McNemar p-value.
 
     python -m tasks.ppo
 Writes out/ppo/ (a checkpoint like out/sft, plus samples.txt), metrics/ppo.json (SFT and PPO
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.stats import binomtest
 
 from model.chat import encode_prompt, extract_response, respond
 from model.generation import generate
@@ -242,6 +244,7 @@ def evaluate(policy, reward_model, tok, examples: list[Example], p: PPOParams, d
     )
     return {
         "accuracy": accuracy,
+        "hits": [check(ex, r.text) for ex, r in zip(examples, out, strict=True)],
         "sampled_accuracy": exact_match_by_family(examples, [r.text for r in sampled])["all"],
         "rm_score": scores.mean().item(),
         "end_rate": float(np.mean([r.ended for r in out])),
@@ -286,6 +289,16 @@ def seen_prompts(pool: list[Example], params) -> list[Example]:
         ex.prompt: ex for it in range(1, p.iterations + 1) for ex in draw(pool, p, params.seed, it)
     }
     return per_family(list(seen.values()), p.eval_prompts_per_family)
+
+
+def paired_change(before: list[bool], after: list[bool]) -> dict:
+    """Held-out prompts PPO fixed (wrong -> right) and broke (right -> wrong), and the exact
+    McNemar p-value: the two-sided binomial test of fixed against broken at 1/2, how often a
+    change at least this lopsided comes from a policy no better than SFT."""
+    fixed = sum(a and not b for b, a in zip(before, after, strict=True))
+    broken = sum(b and not a for b, a in zip(before, after, strict=True))
+    p_value = binomtest(fixed, fixed + broken, 0.5).pvalue if fixed + broken else 1.0
+    return {"fixed": fixed, "broken": broken, "p_value": float(p_value)}
 
 
 def greedy_accuracy(model, tok, examples: list[Example], p: PPOParams) -> dict[str, float]:
@@ -413,6 +426,7 @@ def finish(policy, tok, params, before, after, history, evals, seconds: float) -
         "sft_test_accuracy": before["accuracy"]["all"],
         "ppo_test_accuracy": after["accuracy"]["all"],
         "test_accuracy_gain": after["accuracy"]["all"] - before["accuracy"]["all"],
+        **{f"test_{k}": v for k, v in paired_change(before["hits"], after["hits"]).items()},
         "sft_test_sampled_accuracy": before["sampled_accuracy"],
         "ppo_test_sampled_accuracy": after["sampled_accuracy"],
         "sft_seen_accuracy": before["seen"],
@@ -450,11 +464,14 @@ def finish(policy, tok, params, before, after, history, evals, seconds: float) -
     tags = {"iterations": p.iterations, "test_accuracy": metrics["ppo_test_accuracy"]}
     registry.register_checkpoint(OUT_DIR, registry.ALIGNED_MODEL, tags=tags)
     log.info(
-        "ppo: held-out accuracy %.3f -> %.3f (%+.3f), on seen prompts %.3f -> %.3f, "
-        "RM score %+.3f -> %+.3f, KL %.3f nats",
+        "ppo: held-out accuracy %.3f -> %.3f (%+.3f: %d fixed, %d broken, McNemar p %.2f), "
+        "on seen prompts %.3f -> %.3f, RM score %+.3f -> %+.3f, KL %.3f nats",
         metrics["sft_test_accuracy"],
         metrics["ppo_test_accuracy"],
         metrics["test_accuracy_gain"],
+        metrics["test_fixed"],
+        metrics["test_broken"],
+        metrics["test_p_value"],
         metrics["sft_seen_accuracy"],
         metrics["ppo_seen_accuracy"],
         metrics["sft_test_rm_score"],

@@ -245,6 +245,7 @@ def headline(m: dict) -> list[tuple[str, str, str]]:
             "test accuracy: SFT -> PPO",
             before_after(ppo, "sft_test_accuracy", "ppo_test_accuracy", "{:.1%}"),
         ),
+        ("ppo", "test prompts fixed / broken (McNemar p)", change_counts(ppo)),
         (
             "ppo",
             "test accuracy sampled at the rollout temperature: SFT -> PPO",
@@ -276,6 +277,13 @@ def headline(m: dict) -> list[tuple[str, str, str]]:
 def before_after(d: dict, before: str, after: str, spec: str) -> str:
     """'before -> after' of two keys of one stage's metrics, both in `spec`."""
     return pair(number(d, before), number(d, after), spec, spec, " -> ")
+
+
+def change_counts(ppo: dict) -> str:
+    fixed, broken, p = (number(ppo, k) for k in ("test_fixed", "test_broken", "test_p_value"))
+    if fixed is None or broken is None or p is None:
+        return NOT_RUN
+    return f"{fixed:.0f} / {broken:.0f} (p {p:.2f})"
 
 
 def quantize_rows(q: dict) -> list[tuple[str, str, str]]:

@@ -308,6 +308,12 @@ def test_reward_and_ppo_stages_on_quick_profile(quick_pretrained, tmp_path):
     assert ppo["test_accuracy_gain"] == pytest.approx(
         ppo["ppo_test_accuracy"] - ppo["sft_test_accuracy"], abs=1e-4
     )
+    # fixed minus broken prompts is the change in held-out hits
+    assert ppo["test_fixed"] - ppo["test_broken"] == round(
+        ppo["test_accuracy_gain"] * ppo["test_prompts"]
+    )
+    assert 0.0 < ppo["test_p_value"] <= 1.0
+    assert 0.0 <= ppo["sft_seen_accuracy"] <= 1.0 and 0.0 <= ppo["ppo_seen_accuracy"] <= 1.0
     policy, sft = load_checkpoint(repo / "out" / "ppo"), load_checkpoint(repo / "out" / "sft")
     assert any(
         not torch.equal(a, b) for a, b in zip(policy.parameters(), sft.parameters(), strict=True)
@@ -479,3 +485,17 @@ def test_draw_is_seeded_without_repeats_and_seen_prompts_are_the_drawn_ones():
     for family in ("first", "count"):
         n_drawn = sum(1 for ex in pool if ex.prompt in every and ex.family == family)
         assert sum(ex.family == family for ex in seen) == min(2, n_drawn)
+
+
+def test_paired_change_counts_fixed_and_broken_prompts_with_the_exact_mcnemar_p_value():
+    from tasks.ppo import paired_change
+
+    before = [False] * 8 + [True] * 4
+    after = [True] * 8 + [True] * 4
+    # 8 fixed, 0 broken: two-sided binomial tail 2 * 0.5**8
+    assert paired_change(before, after) == pytest.approx(
+        {"fixed": 8, "broken": 0, "p_value": 2 * 0.5**8}
+    )
+    change = paired_change([True, False, True, False], [False, True, True, False])
+    assert change == {"fixed": 1, "broken": 1, "p_value": 1.0}
+    assert paired_change([True, False], [True, False])["p_value"] == 1.0  # nothing changed

@@ -40,6 +40,11 @@ FULL = {
         "sft_test_rm_score": 0.1,
         "ppo_test_rm_score": 0.9,
         "final_kl": 0.2,
+        "test_fixed": 12,
+        "test_broken": 3,
+        "test_p_value": 0.0352,
+        "sft_seen_accuracy": 0.65,
+        "ppo_seen_accuracy": 0.8,
     },
     "quantize": {
         "pretrain": {
@@ -63,6 +68,7 @@ def test_full_metrics_every_row_has_a_verdict():
     assert "+0.40% (pretrain, int8-channel)" in text
     assert "60.0% -> 70.0%" in text  # PPO accuracy headline
     assert "40.0% -> 50.0%" in text and "+0.10 -> +0.90" in text  # sampled accuracy, RM score
+    assert "| 12 / 3 (p 0.04) |" in text and "65.0% -> 80.0%" in text  # per prompt, seen prompts
     assert "| held-out prediction error | 3.0% |" in text  # the scaling fit's held-out check
     assert "`abc`" in text
     assert "n \\| with a pipe" in text  # a pipe in a note does not break the table
