@@ -37,6 +37,23 @@ def tiny_gpt(seed: int = 0) -> GPT:
     return GPT(config).eval()
 
 
+def stage_models() -> dict:
+    """The four models of the ppo stage around a tiny policy: a frozen copy as the reference,
+    a frozen random reward model, and the value model made from it."""
+    from model.reward import ScalarHeadModel
+    from tasks.ppo import freeze, value_model_from_reward
+
+    policy = tiny_gpt()
+    torch.manual_seed(1)
+    rm = freeze(ScalarHeadModel(policy.config))
+    return {
+        "policy": policy,
+        "ref": freeze(copy.deepcopy(policy)),
+        "reward": rm,
+        "value": value_model_from_reward(rm),
+    }
+
+
 def random_mask(B: int, R: int, gen: torch.Generator) -> torch.Tensor:
     """Rows of real tokens with padding on either side (and at least one real token)."""
     mask = torch.zeros(B, R, dtype=torch.bool)
@@ -370,18 +387,10 @@ def test_checker_reward_replaces_the_score_and_the_rm_score_is_still_reported():
     the no-end penalty), while `rm_score` stays the reward model's own score."""
     from types import SimpleNamespace
 
-    from model.reward import ScalarHeadModel
-    from tasks.ppo import checker_scores, freeze, score_rollout, value_model_from_reward
+    from tasks.ppo import checker_scores, score_rollout
 
-    policy = tiny_gpt()
-    torch.manual_seed(1)
-    rm = freeze(ScalarHeadModel(policy.config))
-    models = {
-        "policy": policy,
-        "ref": freeze(copy.deepcopy(policy)),
-        "reward": rm,
-        "value": value_model_from_reward(rm),
-    }
+    models = stage_models()
+    rm = models["reward"]
     tok = SimpleNamespace(pad_id=0, end_id=11)
     p = SimpleNamespace(temperature=1.0, no_end_penalty=0.5, gamma=1.0, lam=0.95, baseline="none")
     prompts = [[1, 2, 3], [4, 5], [6, 7, 8]]
@@ -422,18 +431,9 @@ def test_leave_one_out_matches_a_loop_and_ignores_a_prompt_offset():
 def test_rollout_with_the_leave_one_out_baseline_gives_the_score_less_the_others_mean():
     from types import SimpleNamespace
 
-    from model.reward import ScalarHeadModel
-    from tasks.ppo import freeze, score_rollout, value_model_from_reward
+    from tasks.ppo import score_rollout
 
-    policy = tiny_gpt()
-    torch.manual_seed(1)
-    rm = freeze(ScalarHeadModel(policy.config))
-    models = {
-        "policy": policy,
-        "ref": freeze(copy.deepcopy(policy)),
-        "reward": rm,
-        "value": value_model_from_reward(rm),
-    }
+    models = stage_models()
     tok = SimpleNamespace(pad_id=0, end_id=11)
     p = SimpleNamespace(
         temperature=1.0,
