@@ -1,6 +1,7 @@
 """The classic-experiment probes (model/probes.py) on tiny sizes, and the experiments stage on the
 quick profile. Tiny models run on one thread (as the stage does)."""
 
+import itertools
 import json
 import math
 import shutil
@@ -137,9 +138,11 @@ def zipf_batch(gen, B=16, T=16, V=64):
 
 
 def test_balance_loss_raises_min_utilisation():
-    out = {}
-    for coef in (0.0, 1.0):
-        torch.manual_seed(0)
+    """Over four seeds (one seed's 80-step run hinges on rounding: routing is an argmax, and
+    one machine's run of seed 0 left an expert at 1% with the loss, 0% without)."""
+    out = {0.0: [], 1.0: []}
+    for coef, seed in itertools.product(out, range(4)):
+        torch.manual_seed(seed)
         cfg = GPTConfig(
             vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32,
             n_expert=4, n_expert_active=1, moe_aux_coef=coef,
@@ -148,9 +151,13 @@ def test_balance_loss_raises_min_utilisation():
         probes.train_tiny(model, zipf_batch, 80, 3e-3, 0)
         with torch.no_grad():
             model(zipf_batch(torch.Generator().manual_seed(3), 64)[0])
-        out[coef] = probes.utilisation_summary(model.expert_utilisation())
-    assert out[1.0]["min_share"] > out[0.0]["min_share"] + 0.03
-    assert out[1.0]["cv"] < out[0.0]["cv"]
+        out[coef].append(probes.utilisation_summary(model.expert_utilisation()))
+    mean = {
+        c: {k: np.mean([r[k] for r in rows]) for k in ("min_share", "cv")}
+        for c, rows in out.items()
+    }
+    assert mean[1.0]["min_share"] > mean[0.0]["min_share"] + 0.03
+    assert mean[1.0]["cv"] < mean[0.0]["cv"]
 
 
 def test_utilisation_summary():
